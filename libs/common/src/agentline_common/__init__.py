@@ -1,0 +1,1 @@
+"""Shared contracts and plumbing of Agentline. Services import from here; this never imports a service."""

@@ -1,0 +1,84 @@
+"""What a service learns about an agent from the registry's look-ups: the shared agent contract."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+from agentline_common.rooms import require_e164
+
+TOOL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
+RESERVED_TOOL_NAMES = frozenset({"end_call"})
+
+
+class WebhookTool(BaseModel):
+    """An HTTP tool the model may call: the worker POSTs the validated arguments, signed with HMAC."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["webhook"] = "webhook"
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = Field(min_length=1, max_length=1024)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema (draft 2020-12) of the arguments; must describe an object.",
+    )
+    url: HttpUrl
+    method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
+    timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    secret_ref: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Name of the signing secret the worker holds; never the secret itself.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_TOOL_NAMES:
+            raise ValueError(f"{name!r} is a built-in tool name")
+        return name
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            validator_for(schema).check_schema(schema)
+        except SchemaError as error:
+            raise ValueError(f"not a valid JSON Schema: {error.message}") from error
+        if schema.get("type") != "object":
+            raise ValueError('the arguments schema must have "type": "object"')
+        return schema
+
+
+AgentTool = WebhookTool
+
+
+class AgentConfig(BaseModel):
+    """Everything a worker or gateway needs to serve calls for one agent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    org_id: UUID
+    name: str
+    active: bool
+    instructions: str
+    first_message: str
+    language: str = "en"
+    voice: str = "alloy"
+    stt_model: str = "whisper-1"
+    llm_model: str = "gpt-4o-mini"
+    tts_model: str = "tts-1"
+    temperature: float = 0.7
+    tools: list[AgentTool] = Field(default_factory=list)
+    phone_numbers: list[str] = Field(default_factory=list)
+
+    @field_validator("phone_numbers")
+    @classmethod
+    def _e164_numbers(cls, numbers: list[str]) -> list[str]:
+        return [require_e164(number) for number in numbers]

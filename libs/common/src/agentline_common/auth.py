@@ -1,0 +1,131 @@
+"""Users' access tokens: the claims contract, and verification against the registry's JWKS.
+
+The registry signs short-lived JWTs (RS256) and publishes its public keys; every other service verifies
+them locally with a cached key set, so no request needs a round trip to the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+import httpx
+import jwt
+from jwt import PyJWK, PyJWKSet
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+ALGORITHM = "RS256"
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class UserClaims(BaseModel):
+    """What a user's token says: who, and their role in each organisation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sub: UUID
+    email: str
+    orgs: dict[UUID, Role]
+    exp: int
+    iat: int
+    jti: str
+
+    @property
+    def user_id(self) -> UUID:
+        return self.sub
+
+    def role_in(self, org_id: UUID) -> Role | None:
+        return self.orgs.get(org_id)
+
+
+class InvalidToken(Exception):
+    """Missing, malformed, expired, or not signed by the registry. Maps to HTTP 401."""
+
+
+class KeysUnavailable(Exception):
+    """The key set could not be fetched and none is cached. Maps to HTTP 503."""
+
+
+class JwksVerifier:
+    """Verifies user tokens with the registry's public keys, fetched once and cached.
+
+    An unknown `kid` triggers one refetch (key rotation), at most every `min_refresh_seconds`, so a
+    flood of forged tokens cannot turn into a flood of requests to the registry.
+    """
+
+    def __init__(
+        self,
+        *,
+        jwks_url: str,
+        issuer: str,
+        audience: str,
+        http: httpx.AsyncClient,
+        cache_seconds: float = 300.0,
+        min_refresh_seconds: float = 10.0,
+    ) -> None:
+        self._jwks_url = jwks_url
+        self._issuer = issuer
+        self._audience = audience
+        self._http = http
+        self._cache_seconds = cache_seconds
+        self._min_refresh_seconds = min_refresh_seconds
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def verify(self, token: str) -> UserClaims:
+        """Return the token's claims, or raise InvalidToken / KeysUnavailable."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise InvalidToken("malformed token") from error
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken(f"unexpected signing algorithm; expected {ALGORITHM}")
+        key = await self._key_for(str(header.get("kid", "")))
+        try:
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "jti"]},
+            )
+            return UserClaims.model_validate(payload)
+        except jwt.ExpiredSignatureError as error:
+            raise InvalidToken("token expired") from error
+        except (jwt.PyJWTError, ValidationError) as error:
+            raise InvalidToken("token rejected") from error
+
+    async def _key_for(self, kid: str) -> PyJWK:
+        now = time.monotonic()
+        stale = now - self._fetched_at > self._cache_seconds
+        if kid not in self._keys or stale:
+            async with self._lock:
+                may_refresh = time.monotonic() - self._fetched_at > self._min_refresh_seconds
+                if (kid not in self._keys and may_refresh) or stale:
+                    await self._refresh()
+        key = self._keys.get(kid)
+        if key is None:
+            raise InvalidToken("token signed with an unknown key")
+        return key
+
+    async def _refresh(self) -> None:
+        try:
+            response = await self._http.get(self._jwks_url, timeout=2.0)
+            response.raise_for_status()
+            key_set = PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
+            if not self._keys:
+                raise KeysUnavailable("the registry's signing keys cannot be fetched") from error
+            return
+        self._keys = {str(key.key_id): key for key in key_set.keys}
+        self._fetched_at = time.monotonic()

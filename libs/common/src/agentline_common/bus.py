@@ -1,0 +1,395 @@
+"""The event bus and look-ups over RabbitMQ (aio-pika).
+
+Publishing: one durable topic exchange, persistent JSON messages, `message_id` = event id, publisher
+confirms on and `mandatory` set, so a message no queue takes or the broker does not confirm raises
+PublishError instead of vanishing.
+
+Consuming: each consumer owns a durable quorum queue. The handler runs first, then the event id is
+recorded as processed and the message acked; a redelivered event already recorded is acked without
+running the handler again. A failing handler's message goes back to the queue; the broker counts its
+deliveries (`x-delivery-limit`) and dead-letters it to ``<queue>.dlq`` once the limit is reached, so a
+poison message never loops forever.
+
+Look-ups: request/reply with `reply_to` + `correlation_id`; the caller waits a bounded time and gets
+RpcUnavailable (nobody serves the method), RpcTimeout (nobody answered in time) or RpcFailure (the
+responder answered with an error code), never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+)
+from aio_pika.exceptions import AMQPError, DeliveryError
+from pydantic import ValidationError
+
+from agentline_common.events import Event, encode_event, parse_event
+from agentline_common.logging import CORRELATION_HEADER, bind_correlation_id, current_correlation_id
+
+log = structlog.get_logger()
+
+RPC_PREFIX = "rpc."
+DEFAULT_RPC_TIMEOUT = 2.0
+_CONNECTION_ERRORS = (AMQPError, ConnectionError, OSError, RuntimeError)
+
+EventHandler = Callable[[Event], Awaitable[None]]
+RpcMethod = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class BusError(Exception):
+    """Base of every bus failure."""
+
+
+class BusUnavailable(BusError):
+    """The broker cannot be reached."""
+
+
+class PublishError(BusError):
+    """The broker did not take responsibility for the message (unroutable, nacked or unreachable)."""
+
+
+class RpcError(BusError):
+    """A look-up did not produce an answer."""
+
+
+class RpcUnavailable(RpcError):
+    """No responder serves the method, or the broker is unreachable."""
+
+
+class RpcTimeout(RpcError):
+    """The request was delivered but no answer came back within the bound."""
+
+
+class RpcFailure(RpcError):
+    """The responder answered with a typed error, e.g. ``not_found``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ProcessedEvents(Protocol):
+    """Remembers which events a consumer has already handled (idempotency on the event id)."""
+
+    async def is_processed(self, consumer: str, event_id: uuid.UUID) -> bool: ...
+
+    async def mark_processed(self, consumer: str, event_id: uuid.UUID) -> None: ...
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    queue: str
+    dead_letter_queue: str
+    dead_letter_routing_key: str
+
+
+def queue_names(queue: str) -> QueueNames:
+    return QueueNames(queue=queue, dead_letter_queue=f"{queue}.dlq", dead_letter_routing_key=queue)
+
+
+class Bus:
+    """One connection and one confirming channel to the broker, with automatic reconnection."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str = "agentline",
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._exchange_name = exchange
+        self._connect_timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractRobustExchange | None = None
+        self._dead_letter_exchange: AbstractRobustExchange | None = None
+        self._reply_queue: AbstractQueue | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reply_lock = asyncio.Lock()
+
+    @property
+    def exchange_name(self) -> str:
+        return self._exchange_name
+
+    @property
+    def dead_letter_exchange_name(self) -> str:
+        return f"{self._exchange_name}.dlx"
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the connection is open (readiness probes use this)."""
+        return self._connection is not None and not self._connection.is_closed
+
+    async def connect(self) -> None:
+        """Open the connection and declare the exchanges. Raises BusUnavailable if unreachable."""
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self._url, timeout=self._connect_timeout, client_properties={"connection_name": "agentline"}
+            )
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._channel = channel  # type: ignore[assignment]
+            self._exchange = await channel.declare_exchange(  # type: ignore[assignment]
+                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._dead_letter_exchange = await channel.declare_exchange(  # type: ignore[assignment]
+                self.dead_letter_exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+        except (*_CONNECTION_ERRORS, asyncio.TimeoutError) as error:
+            await self.close()
+            raise BusUnavailable(f"cannot reach the message broker: {type(error).__name__}") from error
+
+    async def close(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RpcUnavailable("the bus was closed"))
+        self._pending.clear()
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = self._channel = self._exchange = self._reply_queue = None
+
+    def _require_channel(self) -> tuple[AbstractRobustChannel, AbstractRobustExchange]:
+        if self._channel is None or self._exchange is None:
+            raise BusUnavailable("the bus is not connected")
+        return self._channel, self._exchange
+
+    async def publish(self, event: Event, *, timeout: float = 5.0) -> None:
+        """Publish `event` and wait until the broker confirms it. Raises PublishError otherwise."""
+        try:
+            _, exchange = self._require_channel()
+        except BusUnavailable as error:
+            raise PublishError(str(error)) from error
+        message = aio_pika.Message(
+            body=encode_event(event),
+            message_id=str(event.id),
+            type=event.type,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={CORRELATION_HEADER: current_correlation_id() or ""},
+        )
+        try:
+            await asyncio.wait_for(
+                exchange.publish(message, routing_key=event.type, mandatory=True), timeout
+            )
+        except DeliveryError as error:
+            reason = "no queue is bound for it" if error.frame is not None and _is_return(error) else "nacked"
+            raise PublishError(f"{event.type} {event.id} was not accepted: {reason}") from error
+        except (*_CONNECTION_ERRORS, asyncio.TimeoutError) as error:
+            raise PublishError(
+                f"{event.type} {event.id} was not confirmed: broker unavailable ({type(error).__name__})"
+            ) from error
+        log.debug("bus.published", event_type=event.type, event_id=str(event.id))
+
+    async def consume(
+        self,
+        *,
+        queue: str,
+        routing_keys: Sequence[str],
+        handler: EventHandler,
+        processed: ProcessedEvents,
+        max_attempts: int = 5,
+        prefetch: int = 16,
+    ) -> None:
+        """Deliver events routed by `routing_keys` to `handler` through the durable queue `queue`."""
+        channel = await self._consumer_channel(prefetch)
+        names = queue_names(queue)
+        dead_letters = await channel.declare_queue(
+            names.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_letters.bind(self.dead_letter_exchange_name, names.dead_letter_routing_key)
+        declared = await channel.declare_queue(
+            queue,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": max(max_attempts - 1, 0),
+                "x-dead-letter-exchange": self.dead_letter_exchange_name,
+                "x-dead-letter-routing-key": names.dead_letter_routing_key,
+            },
+        )
+        for key in routing_keys:
+            await declared.bind(self._exchange_name, key)
+        await declared.consume(_EventDelivery(queue, handler, processed).on_message)
+        log.info("bus.consuming", queue=queue, routing_keys=list(routing_keys))
+
+    async def _consumer_channel(self, prefetch: int) -> AbstractRobustChannel:
+        if self._connection is None:
+            raise BusUnavailable("the bus is not connected")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel  # type: ignore[return-value]
+
+    async def serve(self, *, queue: str, methods: Mapping[str, RpcMethod], prefetch: int = 64) -> None:
+        """Answer look-ups for `methods` (e.g. ``agent.get``) from the shared queue `queue`."""
+        channel = await self._consumer_channel(prefetch)
+        declared = await channel.declare_queue(
+            queue, durable=True, arguments={"x-message-ttl": int(DEFAULT_RPC_TIMEOUT * 5 * 1000)}
+        )
+        for method in methods:
+            await declared.bind(self._exchange_name, RPC_PREFIX + method)
+        await declared.consume(_RpcResponder(channel, methods).on_message)
+        log.info("bus.serving", queue=queue, methods=sorted(methods))
+
+    async def request(
+        self, method: str, params: Mapping[str, Any], *, timeout: float = DEFAULT_RPC_TIMEOUT
+    ) -> Any:
+        """Call `method` on whichever service serves it and return its result."""
+        try:
+            _, exchange = self._require_channel()
+            reply_queue = await self._ensure_reply_queue()
+        except (BusUnavailable, *_CONNECTION_ERRORS) as error:
+            raise RpcUnavailable(f"{method}: the message broker is unreachable") from error
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        message = aio_pika.Message(
+            body=json.dumps({"params": dict(params)}).encode(),
+            correlation_id=correlation_id,
+            reply_to=reply_queue.name,
+            content_type="application/json",
+            expiration=timeout,
+            headers={CORRELATION_HEADER: current_correlation_id() or ""},
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await exchange.publish(message, routing_key=RPC_PREFIX + method, mandatory=True)
+                except DeliveryError as error:
+                    raise RpcUnavailable(f"{method}: no service answers this look-up") from error
+                except _CONNECTION_ERRORS as error:
+                    raise RpcUnavailable(f"{method}: the message broker is unreachable") from error
+                reply = await future
+        except TimeoutError as error:
+            raise RpcTimeout(f"{method}: no answer within {timeout:g} s") from error
+        finally:
+            self._pending.pop(correlation_id, None)
+        if reply.get("ok"):
+            return reply.get("result")
+        error_body = reply.get("error") or {}
+        raise RpcFailure(str(error_body.get("code", "error")), str(error_body.get("message", "")))
+
+    async def _ensure_reply_queue(self) -> AbstractQueue:
+        if self._reply_queue is not None:
+            return self._reply_queue
+        async with self._reply_lock:
+            if self._reply_queue is None:
+                channel, _ = self._require_channel()
+                queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+                await queue.consume(self._on_reply, no_ack=True)
+                self._reply_queue = queue
+        return self._reply_queue
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is None or future.done():
+            return
+        try:
+            future.set_result(json.loads(message.body))
+        except ValueError:
+            future.set_result({"ok": False, "error": {"code": "bad_reply", "message": "unreadable"}})
+
+
+def _is_return(error: DeliveryError) -> bool:
+    return type(error.frame).__name__ == "Return" or hasattr(error.frame, "reply_code")
+
+
+class _EventDelivery:
+    """Runs one consumer's handler for each delivery: parse, skip duplicates, handle, record, ack."""
+
+    def __init__(self, queue: str, handler: EventHandler, processed: ProcessedEvents) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._processed = processed
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        bind_correlation_id(_header_text(headers.get(CORRELATION_HEADER)))
+        try:
+            event = parse_event(message.body)
+        except ValidationError as error:
+            log.error("bus.event_unreadable", queue=self._queue, error=str(error)[:500])
+            await message.reject(requeue=False)
+            return
+        try:
+            if await self._processed.is_processed(self._queue, event.id):
+                log.info("bus.duplicate_skipped", queue=self._queue, event_id=str(event.id))
+                await message.ack()
+                return
+            await self._handler(event)
+            await self._processed.mark_processed(self._queue, event.id)
+        except Exception as error:
+            log.warning(
+                "bus.handler_failed",
+                queue=self._queue,
+                event_id=str(event.id),
+                event_type=event.type,
+                delivery_count=headers.get("x-delivery-count", 0),
+                error=repr(error)[:500],
+            )
+            await asyncio.sleep(0.05)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+
+class _RpcResponder:
+    def __init__(self, channel: AbstractRobustChannel, methods: Mapping[str, RpcMethod]) -> None:
+        self._channel = channel
+        self._methods = methods
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(ignore_processed=True):
+            bind_correlation_id(_header_text((message.headers or {}).get(CORRELATION_HEADER)))
+            method = (message.routing_key or "").removeprefix(RPC_PREFIX)
+            reply = await self._answer(method, message.body)
+            if message.reply_to:
+                await self._channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body=json.dumps(reply, default=str).encode(),
+                        correlation_id=message.correlation_id,
+                        content_type="application/json",
+                    ),
+                    routing_key=message.reply_to,
+                )
+
+    async def _answer(self, method: str, body: bytes) -> dict[str, Any]:
+        handler = self._methods.get(method)
+        if handler is None:
+            return _rpc_error("unknown_method", f"{method!r} is not served here")
+        try:
+            params = json.loads(body).get("params", {})
+            if not isinstance(params, dict):
+                raise ValueError("params must be an object")
+        except (ValueError, AttributeError) as error:
+            return _rpc_error("bad_request", str(error))
+        try:
+            return {"ok": True, "result": await handler(params)}
+        except RpcFailure as failure:
+            return _rpc_error(failure.code, failure.message)
+        except Exception as error:
+            log.exception("bus.rpc_failed", method=method)
+            return _rpc_error("internal", type(error).__name__)
+
+
+def _rpc_error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def _header_text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,78 @@
+"""Structured logging: JSON in production, readable in development, secrets never printed.
+
+A correlation id lives in a contextvar: the HTTP edge binds it from ``X-Correlation-ID`` (or makes one),
+the bus copies it into each message's headers, and consumers bind it again, so one id follows a call
+from the request to the event to the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+CORRELATION_HEADER = "x-correlation-id"
+REDACTED = "[redacted]"
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|authorization|api_key|cookie|signature)", re.I)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Structlog processor: blank values under secret-looking keys and passwords inside URLs."""
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _redact_value(key, value)
+    return event_dict
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if _SECRET_KEY.search(key) and value is not None:
+        return REDACTED
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(rf"\g<scheme>\g<user>:{REDACTED}@", value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    return value
+
+
+def configure_logging(*, service: str, json: bool, level: str = "INFO") -> None:
+    """Configure structlog and the standard library once, at process start."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def bind_correlation_id(correlation_id: str | None) -> str:
+    """Bind `correlation_id` (or a new one) to the current context and return it."""
+    value = correlation_id if correlation_id and len(correlation_id) <= 128 else new_correlation_id()
+    structlog.contextvars.bind_contextvars(correlation_id=value)
+    return value
+
+
+def current_correlation_id() -> str | None:
+    value = structlog.contextvars.get_contextvars().get("correlation_id")
+    return value if isinstance(value, str) else None

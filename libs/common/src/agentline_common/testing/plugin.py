@@ -1,0 +1,1 @@
+"""Pytest plugin: fixtures for the real RabbitMQ, Redis, PostgreSQL and LiveKit servers."""
