@@ -226,6 +226,18 @@ class Bus:
         await declared.consume(_EventDelivery(queue, handler, processed).on_message)
         log.info("bus.consuming", queue=queue, routing_keys=list(routing_keys))
 
+    async def subscribe(self, *, routing_keys: Sequence[str], handler: EventHandler) -> None:
+        """Deliver events to this process only, through a private queue that vanishes with it.
+
+        For work that every instance must do and that may be missed safely while it is down, such as
+        dropping cache entries; durable work belongs in `consume`.
+        """
+        channel = await self._consumer_channel(prefetch=64)
+        declared = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        for key in routing_keys:
+            await declared.bind(self._exchange_name, key)
+        await declared.consume(_Subscription(handler).on_message)
+
     async def _consumer_channel(self, prefetch: int) -> AbstractRobustChannel:
         if self._connection is None:
             raise BusUnavailable("the bus is not connected")
@@ -344,6 +356,23 @@ class _EventDelivery:
             await message.nack(requeue=True)
             return
         await message.ack()
+
+
+class _Subscription:
+    def __init__(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(ignore_processed=True):
+            try:
+                event = parse_event(message.body)
+            except ValidationError:
+                log.warning("bus.event_unreadable", routing_key=message.routing_key)
+                return
+            try:
+                await self._handler(event)
+            except Exception:
+                log.exception("bus.subscriber_failed", event_type=event.type, event_id=str(event.id))
 
 
 class _RpcResponder:

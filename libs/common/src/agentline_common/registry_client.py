@@ -1,0 +1,130 @@
+"""How every service looks up agents: RPC to the registry over the bus, cached in Redis.
+
+The cache keeps an agent for `ttl_seconds` at most and drops it as soon as an `agent.changed` event
+arrives (`start` subscribes this process), so a deactivated agent is refused everywhere within about
+the broker's delivery time, and within the TTL even if an event were missed.
+"""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agentline_common.agents import AgentConfig
+from agentline_common.bus import DEFAULT_RPC_TIMEOUT, Bus, RpcError, RpcFailure
+from agentline_common.events import AgentChanged, Event
+from agentline_common.rooms import require_e164
+
+log = structlog.get_logger()
+
+DEFAULT_TTL_SECONDS = 60
+
+
+class AgentNotFound(Exception):
+    """The registry knows no such agent (or no agent has that number)."""
+
+
+class RegistryUnavailable(Exception):
+    """The registry could not answer in time: the caller should answer 503, not wait."""
+
+
+def agent_key(agent_id: UUID) -> str:
+    return f"agentline:agent:id:{agent_id}"
+
+
+def number_key(number: str) -> str:
+    return f"agentline:agent:number:{number}"
+
+
+class RegistryClient:
+    """Agent look-ups with a shared Redis cache in front of the registry's RPC."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        redis: Redis,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        timeout: float = DEFAULT_RPC_TIMEOUT,
+    ) -> None:
+        self._bus = bus
+        self._redis = redis
+        self._ttl = ttl_seconds
+        self._timeout = timeout
+        self.hits = 0
+        self.misses = 0
+
+    async def start(self) -> None:
+        """Subscribe this process to `agent.changed` so cached entries are dropped when they change."""
+        await self._bus.subscribe(routing_keys=["agent.changed"], handler=self.on_agent_changed)
+
+    async def get_agent(self, agent_id: UUID) -> AgentConfig:
+        """The agent with `agent_id`; raises AgentNotFound or RegistryUnavailable."""
+        return await self._cached(agent_key(agent_id), "agent.get", {"id": str(agent_id)})
+
+    async def agent_by_number(self, number: str) -> AgentConfig:
+        """The agent bound to the E.164 `number`; raises AgentNotFound or RegistryUnavailable."""
+        require_e164(number)
+        return await self._cached(number_key(number), "agent.by_number", {"number": number})
+
+    async def on_agent_changed(self, event: Event) -> None:
+        if not isinstance(event, AgentChanged) or event.agent_id is None:
+            return
+        keys = [agent_key(event.agent_id), *(number_key(n) for n in event.data.phone_numbers)]
+        try:
+            await self._redis.delete(*keys)
+        except RedisError:
+            log.warning("registry_client.invalidation_failed", agent_id=str(event.agent_id))
+
+    async def _cached(self, key: str, method: str, params: dict[str, str]) -> AgentConfig:
+        cached = await self._read_cache(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        agent = await self._ask_registry(method, params)
+        await self._write_cache(agent)
+        return agent
+
+    async def _ask_registry(self, method: str, params: dict[str, str]) -> AgentConfig:
+        try:
+            result = await self._bus.request(method, params, timeout=self._timeout)
+        except RpcFailure as failure:
+            if failure.code == "not_found":
+                raise AgentNotFound(failure.message) from failure
+            raise RegistryUnavailable(f"the registry refused {method}: {failure}") from failure
+        except RpcError as error:
+            raise RegistryUnavailable(f"the registry did not answer: {error}") from error
+        try:
+            return AgentConfig.model_validate(result)
+        except ValidationError as error:
+            raise RegistryUnavailable(f"the registry answered {method} unreadably") from error
+
+    async def _read_cache(self, key: str) -> AgentConfig | None:
+        try:
+            raw = await self._redis.get(key)
+        except RedisError:
+            log.warning("registry_client.cache_unavailable", key=key)
+            return None
+        if raw is None:
+            return None
+        try:
+            return AgentConfig.model_validate_json(raw)
+        except ValidationError:
+            return None
+
+    async def _write_cache(self, agent: AgentConfig) -> None:
+        body = json.dumps(agent.model_dump(mode="json"))
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(agent_key(agent.id), body, ex=self._ttl)
+                for number in agent.phone_numbers:
+                    pipe.set(number_key(number), body, ex=self._ttl)
+                await pipe.execute()
+        except RedisError:
+            log.warning("registry_client.cache_write_failed", agent_id=str(agent.id))
