@@ -126,6 +126,8 @@ class JwksVerifier:
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
             if not self._keys:
                 raise KeysUnavailable("the registry's signing keys cannot be fetched") from error
+            # Keep serving the cached keys; try again after the refresh interval, not on every call.
+            self._fetched_at = time.monotonic() - self._cache_seconds + self._min_refresh_seconds
             return
         self._keys = {str(key.key_id): key for key in key_set.keys}
         self._fetched_at = time.monotonic()
