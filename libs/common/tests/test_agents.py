@@ -1,9 +1,8 @@
 import uuid
 
 import pytest
-from pydantic import ValidationError
-
 from agentline_common.agents import AgentConfig, WebhookTool
+from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
 
@@ -53,5 +52,5 @@ def test_agent_config_rejects_non_e164_numbers() -> None:
         "first_message": "hi",
     }
     assert AgentConfig.model_validate({**base, "phone_numbers": ["+15551234567"]}).phone_numbers
-    with pytest.raises(ValidationError, match="E.164"):
+    with pytest.raises(ValidationError, match=r"E\.164"):
         AgentConfig.model_validate({**base, "phone_numbers": ["555"]})

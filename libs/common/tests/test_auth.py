@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from agentline_common.auth import InvalidToken, JwksVerifier, KeysUnavailable, Role
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-
-from agentline_common.auth import InvalidToken, JwksVerifier, KeysUnavailable, Role
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import ValidationError
-
 from agentline_common.events import (
     AgentChanged,
     AgentChangedData,
@@ -16,6 +14,7 @@ from agentline_common.events import (
     parse_event,
     phone_session_id,
 )
+from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +48,7 @@ def test_unknown_type_and_naive_timestamps_are_rejected() -> None:
     with pytest.raises(ValidationError):
         parse_event(b'{"type": "session.exploded", "data": {}}')
     event = SessionEnded(data=SessionEndedData(reason="completed"))
-    body = encode_event(event).replace(b"+00:00", b"").replace(b"Z\"", b'"')
+    body = encode_event(event).replace(b"+00:00", b"").replace(b'Z"', b'"')
     with pytest.raises(ValidationError):
         parse_event(body)
 

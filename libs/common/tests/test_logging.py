@@ -2,7 +2,6 @@ import json
 
 import pytest
 import structlog
-
 from agentline_common.logging import (
     REDACTED,
     bind_correlation_id,

@@ -1,9 +1,6 @@
 import uuid
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from agentline_common.rooms import (
     LIVEKIT_GUID_ALPHABET,
     MAX_ROOM_NAME_LENGTH,
@@ -16,6 +13,8 @@ from agentline_common.rooms import (
     parse_room_name,
     require_e164,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.unit
 
@@ -117,5 +116,5 @@ def test_e164_validation() -> None:
     assert is_e164("+4930123456")
     assert not is_e164("+49 30 123456")
     assert require_e164("+15551234567") == "+15551234567"
-    with pytest.raises(InvalidPhoneNumber, match="E.164"):
+    with pytest.raises(InvalidPhoneNumber, match=r"E\.164"):
         require_e164("5551234567")

@@ -34,6 +34,7 @@ from aio_pika.abc import (
     AbstractRobustExchange,
 )
 from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import PublishError as ReturnedError
 from pydantic import ValidationError
 
 from agentline_common.events import Event, encode_event, parse_event
@@ -59,6 +60,10 @@ class BusUnavailable(BusError):
 
 class PublishError(BusError):
     """The broker did not take responsibility for the message (unroutable, nacked or unreachable)."""
+
+
+class Unroutable(PublishError):
+    """No queue is bound for the routing key: retrying will not help until a consumer declares one."""
 
 
 class RpcError(BusError):
@@ -110,8 +115,10 @@ class Bus:
         *,
         exchange: str = "agentline",
         connect_timeout: float = 5.0,
+        reconnect_interval: float = 1.0,
     ) -> None:
         self._url = url
+        self._reconnect_interval = reconnect_interval
         self._exchange_name = exchange
         self._connect_timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
@@ -139,17 +146,20 @@ class Bus:
         """Open the connection and declare the exchanges. Raises BusUnavailable if unreachable."""
         try:
             self._connection = await aio_pika.connect_robust(
-                self._url, timeout=self._connect_timeout, client_properties={"connection_name": "agentline"}
+                self._url,
+                timeout=self._connect_timeout,
+                reconnect_interval=self._reconnect_interval,
+                client_properties={"connection_name": "agentline"},
             )
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._channel = channel  # type: ignore[assignment]
-            self._exchange = await channel.declare_exchange(  # type: ignore[assignment]
+            self._channel = channel
+            self._exchange = await channel.declare_exchange(
                 self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
             )
-            self._dead_letter_exchange = await channel.declare_exchange(  # type: ignore[assignment]
+            self._dead_letter_exchange = await channel.declare_exchange(
                 self.dead_letter_exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
             )
-        except (*_CONNECTION_ERRORS, asyncio.TimeoutError) as error:
+        except (TimeoutError, *_CONNECTION_ERRORS) as error:
             await self.close()
             raise BusUnavailable(f"cannot reach the message broker: {type(error).__name__}") from error
 
@@ -182,17 +192,39 @@ class Bus:
             headers={CORRELATION_HEADER: current_correlation_id() or ""},
         )
         try:
-            await asyncio.wait_for(
-                exchange.publish(message, routing_key=event.type, mandatory=True), timeout
-            )
+            await asyncio.wait_for(exchange.publish(message, routing_key=event.type, mandatory=True), timeout)
+        except ReturnedError as error:
+            raise Unroutable(f"{event.type} {event.id}: no queue is bound for it") from error
         except DeliveryError as error:
-            reason = "no queue is bound for it" if error.frame is not None and _is_return(error) else "nacked"
-            raise PublishError(f"{event.type} {event.id} was not accepted: {reason}") from error
-        except (*_CONNECTION_ERRORS, asyncio.TimeoutError) as error:
+            raise PublishError(f"{event.type} {event.id} was refused by the broker") from error
+        except (TimeoutError, *_CONNECTION_ERRORS) as error:
             raise PublishError(
                 f"{event.type} {event.id} was not confirmed: broker unavailable ({type(error).__name__})"
             ) from error
         log.debug("bus.published", event_type=event.type, event_id=str(event.id))
+
+    async def publish_reliably(
+        self, event: Event, *, give_up_after: float = 60.0, attempt_timeout: float = 5.0
+    ) -> None:
+        """Publish `event`, retrying through broker outages until confirmed or `give_up_after` passes.
+
+        A retried publish whose first confirm was lost can deliver the event twice; consumers are
+        idempotent on the event id, so at-least-once is the right trade here.
+        """
+        deadline = asyncio.get_running_loop().time() + give_up_after
+        delay = 0.05
+        while True:
+            try:
+                await self.publish(event, timeout=attempt_timeout)
+                return
+            except Unroutable:
+                raise
+            except PublishError:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                log.info("bus.publish_retrying", event_type=event.type, event_id=str(event.id))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def consume(
         self,
@@ -243,7 +275,7 @@ class Bus:
             raise BusUnavailable("the bus is not connected")
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        return channel  # type: ignore[return-value]
+        return channel
 
     async def serve(self, *, queue: str, methods: Mapping[str, RpcMethod], prefetch: int = 64) -> None:
         """Answer look-ups for `methods` (e.g. ``agent.get``) from the shared queue `queue`."""
@@ -313,10 +345,6 @@ class Bus:
             future.set_result(json.loads(message.body))
         except ValueError:
             future.set_result({"ok": False, "error": {"code": "bad_reply", "message": "unreadable"}})
-
-
-def _is_return(error: DeliveryError) -> bool:
-    return type(error.frame).__name__ == "Return" or hasattr(error.frame, "reply_code")
 
 
 class _EventDelivery:
