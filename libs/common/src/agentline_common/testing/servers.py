@@ -1,0 +1,600 @@
+"""Real infrastructure servers for tests: RabbitMQ, Redis, PostgreSQL and LiveKit.
+
+Each server is started from the locally installed binaries on free loopback ports, in a temporary
+directory of its own, and stopped (its whole process group) afterwards. Nothing listens beyond
+127.0.0.1 unless a test asks for a network-namespace address explicitly.
+
+The plugin (`agentline_common.testing.plugin`) decides where a server comes from: a URL given in the
+environment, a testcontainers container when a Docker engine answers, or the classes here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+LIVEKIT_VERSION = "v1.13.5"
+LIVEKIT_BINARY = Path(f"/opt/agentline/livekit-server-{LIVEKIT_VERSION}/server")
+POSTGRES_BIN_DIRS = (Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"))
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 60.0
+
+
+class ServerError(RuntimeError):
+    """A test server could not be started or did not become ready in time."""
+
+
+class TestServer(Protocol):
+    def stop(self) -> None: ...
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_udp_port_range(count: int, host: str = LOOPBACK) -> tuple[int, int]:
+    """A run of `count` consecutive UDP ports that are free now (for LiveKit's media ports)."""
+    for _ in range(200):
+        start = 20000 + secrets.randbelow(30000)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(start, start + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(tcp)
+                tcp.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return start, start + count - 1
+    raise ServerError(f"no run of {count} free UDP ports found")
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a server process: ours (PATH, locale), plus its own variables."""
+    return {**os.environ, **extra}
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class ManagedProcess:
+    """A server process in its own process group, with its output in a log file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def spawn(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - argv is built by this module, not from input
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise ServerError(
+                f"{self.name} exited with {self.process.returncode}; log {self.log_path}:\n"
+                f"{_log_tail(self.log_path)}"
+            )
+
+    def terminate(self, *, timeout: float = 20.0) -> None:
+        """SIGTERM the process group (graceful shutdown), SIGKILL if it does not end in time."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        # Children that outlived the leader (e.g. Erlang's helpers) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def wait_until(
+    ready: object, *, what: str, process: ManagedProcess | None, timeout: float = START_TIMEOUT
+) -> None:
+    """Poll `ready()` until it returns True; fail early and clearly if the process dies."""
+    assert callable(ready)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None:
+            process.check_alive()
+        with contextlib.suppress(OSError):
+            if ready():
+                return
+        time.sleep(0.05)
+    log_hint = f"; log {process.log_path}:\n{_log_tail(process.log_path)}" if process else ""
+    raise ServerError(f"{what} not ready after {timeout:.0f} s{log_hint}")
+
+
+def amqp_handshake_ok(host: str, port: int) -> bool:
+    """True when the broker answers the AMQP 0-9-1 protocol header with Connection.Start."""
+    with socket.create_connection((host, port), timeout=1.0) as sock:
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        sock.settimeout(2.0)
+        frame = sock.recv(7)
+        # A method frame (type 1) on channel 0 is Connection.Start.
+        return len(frame) == 7 and frame[0] == 1
+
+
+def redis_ping_ok(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1.0) as sock:
+        sock.sendall(b"PING\r\n")
+        sock.settimeout(2.0)
+        return sock.recv(16).startswith(b"+PONG")
+
+
+def tcp_open(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1.0):
+        return True
+
+
+class RabbitMQServer:
+    """A RabbitMQ node of its own: unique node name, own ports, data and logs in a temp dir.
+
+    `stop()` shuts the node down gracefully and `start()` boots it again with the same node name and
+    data directory, so durable queues and persistent messages survive a restart (the broker-restart
+    tests rely on this).
+    """
+
+    def __init__(self, *, base_dir: Path) -> None:
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node_name = f"agentline-{secrets.token_hex(4)}@localhost"
+        self.base_dir = base_dir
+        self.url = f"amqp://guest:guest@{self.host}:{self.port}/"
+        self._process: ManagedProcess | None = None
+        self._write_config()
+
+    def _write_config(self) -> None:
+        for sub in ("mnesia", "log", "home"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.base_dir / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    f"listeners.tcp.1 = {self.host}:{self.port}",
+                    "loopback_users.guest = true",
+                    "log.console = false",
+                    "log.file.level = info",
+                    "disk_free_limit.absolute = 50MB",
+                ]
+            )
+            + "\n"
+        )
+        (self.base_dir / "enabled_plugins").write_text("[].\n")
+
+    def _environment(self) -> dict[str, str]:
+        base = self.base_dir
+        return child_environment(
+            {
+                "HOME": str(base / "home"),  # the Erlang cookie lives here
+                "RABBITMQ_NODENAME": self.node_name,
+                "RABBITMQ_NODE_IP_ADDRESS": self.host,
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(base / "log"),
+                "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+                "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+                "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+                "ERL_EPMD_PORT": str(self.epmd_port),
+                "ERL_EPMD_ADDRESS": self.host,
+            }
+        )
+
+    def spawn(self) -> None:
+        binary = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        if not binary.exists():
+            raise ServerError("rabbitmq-server is not installed (run `make setup`)")
+        self._process = ManagedProcess(
+            name="rabbitmq",
+            argv=[str(binary)],
+            log_path=self.base_dir / "log" / "stdout.log",
+            env=self._environment(),
+            cwd=self.base_dir,
+        )
+        self._process.spawn()
+
+    def wait_ready(self) -> None:
+        wait_until(
+            lambda: amqp_handshake_ok(self.host, self.port),
+            what="RabbitMQ",
+            process=self._process,
+            timeout=120.0,
+        )
+
+    def start(self) -> None:
+        """Boot the node (again) with the same name and data and wait until it accepts AMQP."""
+        if self._process is not None:
+            return
+        self.spawn()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        """Shut the node down gracefully (SIGTERM), keeping its data directory."""
+        if self._process is None:
+            return
+        self._process.terminate(timeout=60.0)
+        self._process = None
+        wait_until(lambda: not _port_taken(self.host, self.port), what="RabbitMQ stop", process=None)
+
+    def close(self) -> None:
+        """Stop the node and its private epmd for good."""
+        self.stop()
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(  # noqa: S603
+                [epmd, "-port", str(self.epmd_port), "-kill"],
+                env=self._environment(),
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+
+
+def _port_taken(host: str, port: int) -> bool:
+    try:
+        return tcp_open(host, port)
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A Redis server on a free loopback port, nothing persisted."""
+
+    def __init__(self, *, base_dir: Path) -> None:
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.base_dir = base_dir
+        self.url = f"redis://{self.host}:{self.port}/0"
+        self._process: ManagedProcess | None = None
+
+    def spawn(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self._process = ManagedProcess(
+            name="redis",
+            argv=[
+                binary,
+                "--bind",
+                self.host,
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.base_dir),
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            log_path=self.base_dir / "redis.log",
+        )
+        self._process.spawn()
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: redis_ping_ok(self.host, self.port), what="Redis", process=self._process)
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process = None
+
+
+def _postgres_bin(name: str) -> str:
+    for directory in POSTGRES_BIN_DIRS:
+        candidate = directory / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise ServerError(f"PostgreSQL's {name} is not installed (run `make setup`)")
+    return found
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the `postgres` system user when we are root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *argv]
+    return argv
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster (initdb) on a free loopback port, trust auth on loopback."""
+
+    superuser = "postgres"
+
+    def __init__(self, *, base_dir: Path) -> None:
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.base_dir = base_dir
+        self.data_dir = base_dir / "data"
+        self.socket_dir = base_dir / "socket"
+        self._process: ManagedProcess | None = None
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.superuser}@{self.host}:{self.port}/{database}"
+
+    def _prepare(self) -> None:
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.base_dir, user="postgres", group="postgres")
+            shutil.chown(self.socket_dir, user="postgres", group="postgres")
+        subprocess.run(  # noqa: S603
+            _as_postgres_user(
+                [
+                    _postgres_bin("initdb"),
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--username",
+                    self.superuser,
+                    "--auth",
+                    "trust",
+                    "--encoding",
+                    "UTF8",
+                    "--locale",
+                    "C",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def spawn(self) -> None:
+        self._prepare()
+        self._process = ManagedProcess(
+            name="postgres",
+            argv=_as_postgres_user(
+                [
+                    _postgres_bin("postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.socket_dir),
+                    "-c",
+                    f"listen_addresses={self.host}",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ]
+            ),
+            log_path=self.base_dir / "postgres.log",
+            cwd=self.base_dir,
+        )
+        self._process.spawn()
+
+    def wait_ready(self) -> None:
+        isready = _postgres_bin("pg_isready")
+
+        def ready() -> bool:
+            result = subprocess.run(  # noqa: S603
+                [isready, "-h", self.host, "-p", str(self.port), "-U", self.superuser],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            return result.returncode == 0
+
+        wait_until(ready, what="PostgreSQL", process=self._process)
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            # SIGINT is PostgreSQL's "fast shutdown"; SIGTERM of the group is fine for a test cluster.
+            self._process.terminate()
+            self._process = None
+
+
+def run_psql(admin_dsn: str, sql: str) -> None:
+    """Run one SQL statement as the superuser with psql (no Python driver needed)."""
+    subprocess.run(  # noqa: S603
+        [_postgres_bin("psql"), admin_dsn, "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@dataclass(frozen=True)
+class LiveKitCredentials:
+    api_key: str
+    api_secret: str
+
+
+def new_livekit_credentials() -> LiveKitCredentials:
+    return LiveKitCredentials(api_key=f"APItest{secrets.token_hex(6)}", api_secret=secrets.token_urlsafe(48))
+
+
+def livekit_config_yaml(
+    *,
+    bind_address: str,
+    port: int,
+    rtc_tcp_port: int,
+    udp_range: tuple[int, int],
+    node_ip: str,
+    credentials: LiveKitCredentials,
+    redis_address: str | None,
+) -> str:
+    """LiveKit's configuration for tests and local runs, obeying the network rule.
+
+    No STUN or TURN servers and no external-IP discovery, so the server never looks beyond the
+    machine; it binds and announces only `bind_address`/`node_ip` (loopback, or the address of a
+    network namespace the test created). Redis is given so that the SIP APIs are available.
+    """
+    lines = [
+        f"port: {port}",
+        "bind_addresses:",
+        f"  - {bind_address}",
+        "log_level: info",
+        "rtc:",
+        f"  tcp_port: {rtc_tcp_port}",
+        f"  port_range_start: {udp_range[0]}",
+        f"  port_range_end: {udp_range[1]}",
+        "  use_external_ip: false",
+        f"  node_ip: {node_ip}",
+        "  stun_servers: []",
+        "  enable_loopback_candidate: true",
+        "turn:",
+        "  enabled: false",
+        "keys:",
+        f"  {credentials.api_key}: {credentials.api_secret}",
+    ]
+    if redis_address:
+        lines += ["redis:", f"  address: {redis_address}"]
+    return "\n".join(lines) + "\n"
+
+
+class LiveKitServer:
+    """The pinned LiveKit server binary on free loopback ports (or a given namespace address)."""
+
+    def __init__(
+        self,
+        *,
+        base_dir: Path,
+        redis_address: str | None,
+        host: str = LOOPBACK,
+        wrap: list[str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = free_port()
+        self.rtc_tcp_port = free_port()
+        self.udp_range = free_udp_port_range(20)
+        self.base_dir = base_dir
+        self.credentials = new_livekit_credentials()
+        self.api_key = self.credentials.api_key
+        self.api_secret = self.credentials.api_secret
+        self.url = f"ws://{host}:{self.port}"
+        self.http_url = f"http://{host}:{self.port}"
+        self._wrap = wrap or []
+        self._process: ManagedProcess | None = None
+        self.config_path = base_dir / "livekit.yaml"
+        self.config_path.write_text(
+            livekit_config_yaml(
+                bind_address=host,
+                port=self.port,
+                rtc_tcp_port=self.rtc_tcp_port,
+                udp_range=self.udp_range,
+                node_ip=host,
+                credentials=self.credentials,
+                redis_address=redis_address,
+            )
+        )
+
+    def spawn(self) -> None:
+        if not LIVEKIT_BINARY.exists():
+            raise ServerError(f"LiveKit server not found at {LIVEKIT_BINARY} (run `make setup`)")
+        self._process = ManagedProcess(
+            name="livekit",
+            argv=[*self._wrap, str(LIVEKIT_BINARY), "--config", str(self.config_path)],
+            log_path=self.base_dir / "livekit.log",
+        )
+        self._process.spawn()
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: self._http_ok(), what="LiveKit", process=self._process)
+
+    def _http_ok(self) -> bool:
+        probe = [*self._wrap, "true"] if self._wrap else None
+        if probe is not None:
+            # Inside a namespace our own sockets cannot reach the server; ask from inside it.
+            return _http_ok_in(self._wrap, self.host, self.port)
+        with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+            sock.sendall(f"GET / HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode())
+            sock.settimeout(2.0)
+            return sock.recv(12).startswith(b"HTTP/1.")
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process = None
+
+
+def _http_ok_in(wrap: list[str], host: str, port: int) -> bool:
+    script = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(({host!r},{port}),timeout=1)\n"
+        f"s.sendall(b'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n')\n"
+        "sys.exit(0 if s.recv(12).startswith(b'HTTP/1.') else 1)\n"
+    )
+    result = subprocess.run(  # noqa: S603
+        [*wrap, "python3", "-c", script], capture_output=True, timeout=10, check=False
+    )
+    return result.returncode == 0
+
+
+def make_base_dir(prefix: str) -> Path:
+    """A temp directory readable by service users (PostgreSQL runs as `postgres`)."""
+    path = Path(tempfile.mkdtemp(prefix=f"agentline-{prefix}-"))
+    path.chmod(0o755)
+    return path
