@@ -192,7 +192,7 @@ class Bus:
             headers={CORRELATION_HEADER: current_correlation_id() or ""},
         )
         try:
-            await asyncio.wait_for(exchange.publish(message, routing_key=event.type, mandatory=True), timeout)
+            await exchange.publish(message, routing_key=event.type, mandatory=True, timeout=timeout)
         except ReturnedError as error:
             raise Unroutable(f"{event.type} {event.id}: no queue is bound for it") from error
         except DeliveryError as error:

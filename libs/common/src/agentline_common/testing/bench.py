@@ -1,0 +1,62 @@
+"""What benchmarks share: percentiles, a record shape, and a bounded concurrent load loop."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """The `fraction` quantile (0..1) of `samples`, nearest-rank."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def record(name: str, value: float, unit: str, *, goal: str = "", met: bool | None = None) -> dict[str, Any]:
+    return {"name": name, "value": round(value, 3), "unit": unit, "goal": goal, "met": met}
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Throughput and latency (ms) of one load run."""
+
+    count: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies_ms, 0.99)
+
+
+async def run_load(call: Callable[[], Awaitable[Any]], *, total: int, concurrency: int) -> LoadResult:
+    """Run `call` `total` times from `concurrency` concurrent callers and time each call."""
+    latencies: list[float] = []
+    remaining = total
+
+    async def caller() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return LoadResult(count=len(latencies), seconds=time.perf_counter() - started, latencies_ms=latencies)

@@ -1,0 +1,271 @@
+"""The bus against a real RabbitMQ: confirms, dead-lettering, idempotency, look-ups, broker restarts."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+import pytest
+
+from agentline_common.bus import (
+    Bus,
+    PublishError,
+    RpcFailure,
+    RpcTimeout,
+    RpcUnavailable,
+    Unroutable,
+)
+from agentline_common.events import (
+    AgentChanged,
+    AgentChangedData,
+    Event,
+    SessionRequested,
+    SessionRequestedData,
+)
+from agentline_common.processed_events import InMemoryProcessedEvents, RedisProcessedEvents
+
+pytestmark = pytest.mark.integration
+
+
+def session_requested() -> SessionRequested:
+    agent_id = uuid.uuid4()
+    return SessionRequested(
+        agent_id=agent_id,
+        org_id=uuid.uuid4(),
+        session_id=uuid.uuid4(),
+        data=SessionRequestedData(
+            kind="test",
+            room_name=f"test_{agent_id}_abcdefghijkl",
+            requested_by=uuid.uuid4(),
+            expires_at=datetime.now(UTC) + timedelta(minutes=10),
+        ),
+    )
+
+
+@pytest.fixture
+async def exchange() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_bus(amqp_url: str, exchange: str) -> AsyncIterator[Any]:
+    buses: list[Bus] = []
+
+    async def factory() -> Bus:
+        bus = Bus(amqp_url, exchange=exchange)
+        await bus.connect()
+        buses.append(bus)
+        return bus
+
+    yield factory
+    for bus in buses:
+        await bus.close()
+
+
+async def dead_letters(amqp_url: str, queue: str) -> list[bytes]:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dlq = await channel.declare_queue(f"{queue}.dlq", passive=True)
+        bodies = []
+        while (message := await dlq.get(no_ack=True, fail=False)) is not None:
+            bodies.append(message.body)
+        return bodies
+
+
+async def test_publish_consume_round_trip(make_bus: Any) -> None:
+    bus = await make_bus()
+    received: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def handle(event: Event) -> None:
+        await received.put(event)
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume(
+        queue=queue,
+        routing_keys=["session.*"],
+        handler=handle,
+        processed=InMemoryProcessedEvents(),
+    )
+    event = session_requested()
+    await bus.publish(event)
+    assert await asyncio.wait_for(received.get(), 10) == event
+
+
+async def test_unroutable_publish_raises(make_bus: Any) -> None:
+    bus = await make_bus()
+    with pytest.raises(Unroutable, match="no queue is bound"):
+        await bus.publish(session_requested())
+
+
+async def test_failing_handler_dead_letters_after_max_attempts(make_bus: Any, amqp_url: str) -> None:
+    bus = await make_bus()
+    attempts: list[uuid.UUID] = []
+
+    async def always_fails(event: Event) -> None:
+        attempts.append(event.id)
+        raise RuntimeError("downstream is broken")
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume(
+        queue=queue,
+        routing_keys=["session.requested"],
+        handler=always_fails,
+        processed=InMemoryProcessedEvents(),
+        max_attempts=3,
+    )
+    event = session_requested()
+    await bus.publish(event)
+    async with asyncio.timeout(20):
+        while not (bodies := await dead_letters(amqp_url, queue)):
+            await asyncio.sleep(0.2)
+    assert attempts == [event.id] * 3
+    assert len(bodies) == 1 and str(event.id).encode() in bodies[0]
+
+
+async def test_unreadable_message_is_dead_lettered_at_once(make_bus: Any, amqp_url: str) -> None:
+    bus = await make_bus()
+    calls: list[Event] = []
+
+    async def handle(event: Event) -> None:
+        calls.append(event)
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume(
+        queue=queue, routing_keys=["session.requested"], handler=handle, processed=InMemoryProcessedEvents()
+    )
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        target = await channel.get_exchange(bus.exchange_name)
+        await target.publish(aio_pika.Message(b'{"type": "nonsense"}'), routing_key="session.requested")
+    async with asyncio.timeout(10):
+        while not await dead_letters(amqp_url, queue):
+            await asyncio.sleep(0.2)
+    assert calls == []
+
+
+async def test_duplicate_delivery_is_processed_once(make_bus: Any, redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    bus = await make_bus()
+    redis = Redis.from_url(redis_url)
+    handled: list[uuid.UUID] = []
+    done = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+        if isinstance(event, AgentChanged):
+            done.set()
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume(
+        queue=queue,
+        routing_keys=["session.requested", "agent.changed"],
+        handler=handle,
+        processed=RedisProcessedEvents(redis),
+    )
+    event = session_requested()
+    await bus.publish(event)
+    await bus.publish(event)
+    await bus.publish(AgentChanged(agent_id=uuid.uuid4(), data=AgentChangedData(change="created")))
+    await asyncio.wait_for(done.wait(), 10)
+    await asyncio.sleep(0.3)
+    assert handled.count(event.id) == 1
+    await redis.aclose()
+
+
+async def test_request_reply_and_typed_errors(make_bus: Any) -> None:
+    server, client = await make_bus(), await make_bus()
+
+    async def echo(params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("id") == "missing":
+            raise RpcFailure("not_found", "no such thing")
+        return {"echo": params}
+
+    await server.serve(queue=f"rpc-{uuid.uuid4().hex[:8]}", methods={"thing.get": echo})
+    assert await client.request("thing.get", {"id": "a"}) == {"echo": {"id": "a"}}
+    with pytest.raises(RpcFailure) as failure:
+        await client.request("thing.get", {"id": "missing"})
+    assert failure.value.code == "not_found"
+
+
+async def test_request_without_responder_raises_within_its_bound(make_bus: Any) -> None:
+    client = await make_bus()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RpcUnavailable, match="no service answers"):
+        await client.request("nobody.home", {}, timeout=1.0)
+    assert asyncio.get_running_loop().time() - started < 1.5
+
+
+async def test_request_to_a_silent_responder_times_out(make_bus: Any) -> None:
+    server, client = await make_bus(), await make_bus()
+
+    async def slow(params: dict[str, Any]) -> None:
+        await asyncio.sleep(5)
+
+    await server.serve(queue=f"rpc-{uuid.uuid4().hex[:8]}", methods={"slow.get": slow})
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RpcTimeout):
+        await client.request("slow.get", {}, timeout=0.5)
+    assert asyncio.get_running_loop().time() - started < 1.5
+
+
+async def test_publish_to_a_stopped_broker_raises_instead_of_hanging(
+    rabbitmq: Any, make_bus: Any
+) -> None:
+    bus = await make_bus()
+    await bus.consume(
+        queue=f"q-{uuid.uuid4().hex[:8]}",
+        routing_keys=["session.requested"],
+        handler=lambda event: asyncio.sleep(0),
+        processed=InMemoryProcessedEvents(),
+    )
+    await asyncio.to_thread(rabbitmq.stop)
+    try:
+        with pytest.raises(PublishError):
+            await bus.publish(session_requested(), timeout=2.0)
+        with pytest.raises(RpcUnavailable):
+            await bus.request("anything.get", {}, timeout=1.0)
+    finally:
+        await asyncio.to_thread(rabbitmq.start)
+
+
+async def test_no_event_lost_across_a_broker_restart(rabbitmq: Any, make_bus: Any) -> None:
+    total = 1000
+    consumer_bus, publisher_bus = await make_bus(), await make_bus()
+    seen: set[uuid.UUID] = set()
+    all_seen = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        seen.add(event.id)
+        if len(seen) == total:
+            all_seen.set()
+
+    await consumer_bus.consume(
+        queue=f"q-{uuid.uuid4().hex[:8]}",
+        routing_keys=["agent.changed"],
+        handler=handle,
+        processed=InMemoryProcessedEvents(),
+        prefetch=50,
+    )
+    events = [
+        AgentChanged(agent_id=uuid.uuid4(), data=AgentChangedData(change="updated")) for _ in range(total)
+    ]
+
+    async def publish_all() -> None:
+        for event in events:
+            await publisher_bus.publish_reliably(event, give_up_after=120)
+
+    async def restart_midway() -> None:
+        while len(seen) < total // 3:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(rabbitmq.stop)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(rabbitmq.start)
+
+    await asyncio.wait_for(asyncio.gather(publish_all(), restart_midway()), 240)
+    await asyncio.wait_for(all_seen.wait(), 120)
+    assert seen == {event.id for event in events}
