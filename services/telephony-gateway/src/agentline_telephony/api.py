@@ -1,0 +1,205 @@
+"""HTTP routes: Twilio's voice webhooks, health, readiness and metrics.
+
+Every webhook is authenticated by its X-Twilio-Signature, computed by Twilio over the URL it called
+(our configured public URL, never the Host header, which a proxy rewrites and anyone can forge) and
+the form fields. A request that does not verify gets 403 and nothing else; one that verifies always
+gets TwiML, whatever its form says, because Twilio plays an error to the caller otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import structlog
+from agentline_common.bus import Bus
+from agentline_common.outbox import OutboxRelay
+from agentline_common.registry_client import RegistryClient
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import ImmutableMultiDict
+from twilio.request_validator import RequestValidator
+
+from agentline_telephony import service
+from agentline_telephony.metrics import GatewayMetrics
+from agentline_telephony.repository import SqlCallStore
+from agentline_telephony.twiml import TWIML_MEDIA_TYPE, SipTarget
+
+log = structlog.get_logger()
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 200
+READINESS_TIMEOUT = 1.0
+
+INCOMING_PATH = "/api/v1/voice/twilio/incoming"
+STATUS_PATH = "/api/v1/voice/twilio/status"
+
+
+@dataclass
+class Gateway:
+    """Everything the routes use, built once in the app's lifespan."""
+
+    public_base_url: str
+    validator: RequestValidator | None
+    target: SipTarget
+    session_ttl: timedelta
+    registry: RegistryClient
+    calls: SqlCallStore
+    relay: OutboxRelay
+    bus: Bus
+    redis: Redis
+    engine: AsyncEngine
+    metrics: GatewayMetrics
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def signed_url(public_base_url: str, request: Request) -> str:
+    """The URL Twilio signed: our public base URL plus the path and query it requested."""
+    query = request.url.query
+    return f"{public_base_url}{request.url.path}" + (f"?{query}" if query else "")
+
+
+async def read_form(request: Request) -> ImmutableMultiDict[str, str]:
+    """The urlencoded form as Twilio sent it (every value of repeated fields, since all are signed)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != FORM_MEDIA_TYPE:
+        return ImmutableMultiDict()
+    try:
+        body = (await request.body()).decode()
+        return ImmutableMultiDict(parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+    except ValueError:  # undecodable bytes, or more fields than any Twilio webhook has
+        return ImmutableMultiDict()
+
+
+async def verified_form(request: Request, gateway: GatewayDep) -> dict[str, str]:
+    """The webhook's form, once its Twilio signature verifies; 403 otherwise."""
+    webhook = request.url.path.rsplit("/", 1)[-1]
+    if gateway.validator is None:
+        raise HTTPException(503, "TWILIO_AUTH_TOKEN is not configured: webhooks cannot be verified")
+    form = await read_form(request)
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    url = signed_url(gateway.public_base_url, request)
+    if not signature or not gateway.validator.validate(url, form, signature):
+        gateway.metrics.webhooks_rejected.labels(webhook).inc()
+        log.warning("twilio.signature_rejected", webhook=webhook, signed=bool(signature))
+        raise HTTPException(403, f"missing or invalid {SIGNATURE_HEADER}")
+    return {key: form[key] for key in form}
+
+
+VerifiedForm = Annotated[dict[str, str], Depends(verified_form)]
+
+router = APIRouter()
+
+
+def twiml_response(body: str) -> Response:
+    return Response(content=body, media_type=TWIML_MEDIA_TYPE)
+
+
+@router.post(INCOMING_PATH, response_class=Response, tags=["twilio"])
+async def incoming_call(form: VerifiedForm, gateway: GatewayDep) -> Response:
+    """Twilio's voice webhook for a call to one of our numbers.
+
+    Answers TwiML that bridges the call to LiveKit SIP when the number's agent is active, and a polite
+    message with a hang-up otherwise (unknown number, inactive agent, registry not answering, unusable
+    form). A retried webhook (same CallSid) gets the first answer again and starts no second session.
+    """
+    started = time.perf_counter()
+    answer = await service.answer_incoming(
+        form,
+        lookup=gateway.registry,
+        calls=gateway.calls,
+        target=gateway.target,
+        ttl=gateway.session_ttl,
+    )
+    if answer.event is not None:
+        gateway.relay.wake()
+    gateway.metrics.webhooks_answered.labels("incoming", answer.outcome.value).inc()
+    gateway.metrics.webhook_latency.labels("incoming").observe(time.perf_counter() - started)
+    return twiml_response(answer.twiml)
+
+
+@router.post(STATUS_PATH, response_class=Response, tags=["twilio"])
+async def call_status(form: VerifiedForm, gateway: GatewayDep) -> Response:
+    """Twilio's call status callback and the <Dial> action.
+
+    A call that never reached its agent (busy, failed, no-answer, canceled) ends its session with
+    reason `call_failed`; after a failed bridge the caller hears why before the hang-up.
+    """
+    started = time.perf_counter()
+    body, ended = await service.handle_status(form, calls=gateway.calls)
+    if ended:
+        gateway.relay.wake()
+    gateway.metrics.webhooks_answered.labels("status", "session_ended" if ended else "noted").inc()
+    gateway.metrics.webhook_latency.labels("status").observe(time.perf_counter() - started)
+    return twiml_response(body)
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"])
+async def readyz(gateway: GatewayDep, response: Response) -> dict[str, str]:
+    """Readiness: the call store and Redis answer.
+
+    The broker is reported but does not make the gateway unready: calls are answered while it is
+    down (events wait in the outbox), and taking the gateway out of service would drop them.
+    """
+    checks = {
+        "database": await _check(_ping_database(gateway.engine)),
+        "redis": await _check(_ping_redis(gateway.redis)),
+        "broker": "ok" if gateway.bus.is_connected else "unavailable",
+    }
+    if checks["database"] != "ok" or checks["redis"] != "ok":
+        response.status_code = 503
+    return checks
+
+
+@router.get("/metrics", tags=["operations"])
+async def metrics(gateway: GatewayDep) -> Response:
+    """Prometheus metrics: webhooks answered, latency histogram, outbox backlog, cache hit rate."""
+    try:
+        gateway.metrics.outbox_pending.set(await asyncio.wait_for(gateway.relay.pending(), READINESS_TIMEOUT))
+    except (SQLAlchemyError, TimeoutError):
+        log.warning("metrics.outbox_unreadable")
+    gateway.metrics.outbox_publish_failures.set(gateway.relay.failures)
+    gateway.metrics.lookup_cache_hits.set(gateway.registry.hits)
+    gateway.metrics.lookup_cache_misses.set(gateway.registry.misses)
+    return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _ping_database(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _ping_redis(redis: Redis) -> None:
+    await redis.ping()
+
+
+async def _check(probe: Coroutine[Any, Any, None]) -> str:
+    try:
+        await asyncio.wait_for(probe, READINESS_TIMEOUT)
+    except (SQLAlchemyError, RedisError, OSError, TimeoutError):
+        return "unavailable"
+    return "ok"

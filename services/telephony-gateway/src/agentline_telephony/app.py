@@ -1,0 +1,140 @@
+"""The FastAPI application: factory and lifespan, where every client is built and closed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import structlog
+from agentline_common.bus import Bus, BusUnavailable
+from agentline_common.logging import CORRELATION_HEADER, bind_correlation_id, configure_logging
+from agentline_common.outbox import OutboxRelay
+from agentline_common.registry_client import RegistryClient
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from twilio.request_validator import RequestValidator
+
+from agentline_telephony.api import STATUS_PATH, Gateway, router
+from agentline_telephony.metrics import GatewayMetrics
+from agentline_telephony.repository import SqlCallStore, create_engine, create_schema, outbox
+from agentline_telephony.settings import TelephonySettings
+from agentline_telephony.twiml import SipTarget
+
+log = structlog.get_logger()
+
+BUS_RETRY_SECONDS = 2.0
+
+
+def sip_target(settings: TelephonySettings) -> SipTarget:
+    return SipTarget(
+        host=settings.livekit_sip_host,
+        username=settings.sip_username,
+        password=settings.sip_password.get_secret_value() if settings.sip_password else "",
+        dial_action_url=f"{settings.public_base_url}{STATUS_PATH}",
+    )
+
+
+async def connect_bus_until_up(bus: Bus, registry: RegistryClient) -> None:
+    """Connect to the broker, retrying while it is down: the gateway serves calls meanwhile.
+
+    Once connected, aio-pika's robust connection reconnects by itself.
+    """
+    while True:
+        try:
+            await bus.connect()
+        except BusUnavailable as error:
+            log.warning("bus.connect_failed", error=str(error), retry_in=BUS_RETRY_SECONDS)
+            await asyncio.sleep(BUS_RETRY_SECONDS)
+            continue
+        await registry.start()
+        log.info("bus.connected")
+        return
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: TelephonySettings = app.state.settings
+    engine = create_engine(settings.telephony_database_url.get_secret_value())
+    await create_schema(engine)
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
+    registry = RegistryClient(bus=bus, redis=redis, timeout=settings.lookup_timeout_seconds)
+    relay = OutboxRelay(
+        engine=engine, table=outbox, bus=bus, poll_seconds=settings.outbox_relay_interval_seconds
+    )
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+    if not token:
+        log.warning("twilio.auth_token_missing", effect="every webhook is refused with 503")
+    app.state.gateway = Gateway(
+        public_base_url=settings.public_base_url,
+        validator=RequestValidator(token) if token else None,
+        target=sip_target(settings),
+        session_ttl=timedelta(seconds=settings.session_request_ttl_seconds),
+        registry=registry,
+        calls=SqlCallStore(engine),
+        relay=relay,
+        bus=bus,
+        redis=redis,
+        engine=engine,
+        metrics=GatewayMetrics(),
+    )
+    connecting = asyncio.create_task(connect_bus_until_up(bus, registry), name="bus-connect")
+    relay.start()
+    log.info("telephony.started", public_base_url=settings.public_base_url)
+    try:
+        yield
+    finally:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        await relay.stop()
+        await bus.close()
+        await redis.aclose()
+        await engine.dispose()
+        log.info("telephony.stopped")
+
+
+class CorrelationMiddleware:
+    """Binds the request's correlation id (or a new one) so the events it causes carry it.
+
+    Plain ASGI rather than BaseHTTPMiddleware: it runs on every webhook and costs nearly nothing.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = CORRELATION_HEADER.encode()
+        given = next((value for name, value in scope["headers"] if name == header), None)
+        correlation_id = bind_correlation_id(given.decode("latin-1") if given else None)
+
+        async def send_with_correlation(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((header, correlation_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_correlation)
+
+
+def create_app(settings: TelephonySettings | None = None) -> FastAPI:
+    settings = settings or TelephonySettings()
+    configure_logging(service=settings.service_name, json=settings.json_logs, level=settings.log_level)
+    app = FastAPI(
+        title="Agentline telephony gateway",
+        description="Twilio voice webhooks answered with TwiML that bridges calls to LiveKit SIP.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(CorrelationMiddleware)
+    app.include_router(router)
+    return app

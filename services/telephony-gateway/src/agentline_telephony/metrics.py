@@ -1,0 +1,55 @@
+"""Prometheus metrics of the gateway, on a registry of its own per app (tests build many apps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.webhooks_answered = Counter(
+            "agentline_telephony_webhooks_answered",
+            "Twilio webhooks answered with TwiML, by webhook and outcome.",
+            ["webhook", "outcome"],
+            registry=self.registry,
+        )
+        self.webhooks_rejected = Counter(
+            "agentline_telephony_webhooks_rejected",
+            "Webhooks refused with 403 because their Twilio signature did not verify.",
+            ["webhook"],
+            registry=self.registry,
+        )
+        self.webhook_latency = Histogram(
+            "agentline_telephony_webhook_duration_seconds",
+            "Time from request to TwiML, by webhook.",
+            ["webhook"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.outbox_pending = Gauge(
+            "agentline_telephony_outbox_pending",
+            "Events stored but not yet confirmed by the broker.",
+            registry=self.registry,
+        )
+        self.outbox_publish_failures = Gauge(
+            "agentline_telephony_outbox_publish_failures",
+            "Publish attempts the broker did not confirm since start (they are retried).",
+            registry=self.registry,
+        )
+        self.lookup_cache_hits = Gauge(
+            "agentline_telephony_lookup_cache_hits",
+            "Agent look-ups answered from the Redis cache since start.",
+            registry=self.registry,
+        )
+        self.lookup_cache_misses = Gauge(
+            "agentline_telephony_lookup_cache_misses",
+            "Agent look-ups that asked the registry since start.",
+            registry=self.registry,
+        )

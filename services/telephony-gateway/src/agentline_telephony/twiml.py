@@ -1,0 +1,73 @@
+"""The TwiML documents the gateway answers with, built with twilio's VoiceResponse.
+
+Pure functions: no I/O, so every answer Twilio can get is tested without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twilio.twiml.voice_response import Dial, VoiceResponse
+
+TWIML_MEDIA_TYPE = "text/xml"
+SAY_LANGUAGE = "en-US"
+
+UNKNOWN_NUMBER_MESSAGE = "Sorry, this number is not connected to an agent. Goodbye."
+AGENT_INACTIVE_MESSAGE = (
+    "Sorry, the agent for this number is not available right now. Please try again later. Goodbye."
+)
+UNAVAILABLE_MESSAGE = (
+    "Sorry, we cannot connect your call right now. Please try again in a few minutes. Goodbye."
+)
+BAD_REQUEST_MESSAGE = "Sorry, this call could not be connected. Goodbye."
+DIAL_FAILED_MESSAGE = "Sorry, the agent could not be reached. Please try again later. Goodbye."
+
+
+@dataclass(frozen=True, slots=True)
+class SipTarget:
+    """How Twilio reaches LiveKit's SIP bridge."""
+
+    host: str
+    """host[:port][;transport=...] of the bridge."""
+    username: str = ""
+    password: str = ""
+    dial_action_url: str = ""
+    """Where Twilio reports how the <Dial> ended; an empty string leaves it out."""
+
+
+def sip_uri(number: str, target: SipTarget) -> str:
+    """``sip:{number}@{host}``: the dialled number becomes the SIP user, which the callee rule reads."""
+    return f"sip:{number}@{target.host}"
+
+
+def dial_sip(number: str, target: SipTarget) -> str:
+    """Bridge the call to LiveKit SIP, authenticating with the trunk's credentials when configured."""
+    response = VoiceResponse()
+    dial = Dial(action=target.dial_action_url or None, method="POST" if target.dial_action_url else None)
+    credentials = (
+        {"username": target.username, "password": target.password}
+        if target.username and target.password
+        else {}
+    )
+    dial.sip(sip_uri(number, target), **credentials)
+    response.append(dial)
+    return str(response.to_xml())
+
+
+def say_and_hang_up(message: str) -> str:
+    """A polite sentence, then hang up: what a caller hears when no agent can take the call."""
+    response = VoiceResponse()
+    response.say(message, language=SAY_LANGUAGE)
+    response.hangup()
+    return str(response.to_xml())
+
+
+def hang_up() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response.to_xml())
+
+
+def empty_response() -> str:
+    """The answer to a status callback: valid TwiML that asks nothing of Twilio."""
+    return str(VoiceResponse().to_xml())
