@@ -1,0 +1,96 @@
+"""The token-service application: factory and lifespan (clients are built here, never at import)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from agentline_common.auth import JwksVerifier
+from agentline_common.bus import Bus
+from agentline_common.registry_client import RegistryClient
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from livekit import api as livekit_api
+from redis.asyncio import Redis
+
+from agentline_token_service.api import (
+    REFUSALS,
+    Runtime,
+    refusal_response,
+    router,
+    validation_response,
+)
+from agentline_token_service.consumers import start_consumers
+from agentline_token_service.metrics import Metrics, RequestMetricsMiddleware
+from agentline_token_service.settings import TokenServiceSettings
+from agentline_token_service.stores import RedisRateLimiter, RedisSessionRooms
+
+
+def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
+    """Build the app; `settings` default to the environment's."""
+    settings = settings or TokenServiceSettings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.runtime = await _connect(settings, metrics, stack)
+            yield
+
+    app = FastAPI(
+        title="Agentline token-service",
+        version="0.1.0",
+        summary="LiveKit tokens for the console's Test Agent call.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    for refusal in REFUSALS:
+        app.add_exception_handler(refusal, refusal_response)
+    app.add_exception_handler(RequestValidationError, validation_response)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: AsyncExitStack) -> Runtime:
+    bound = settings.dependency_timeout_seconds
+    bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
+    await bus.connect()
+    stack.push_async_callback(bus.close)
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_connect_timeout=bound, socket_timeout=bound
+    )
+    stack.push_async_callback(redis.aclose)
+    http = await stack.enter_async_context(httpx.AsyncClient(timeout=bound))
+    registry = RegistryClient(bus=bus, redis=redis, timeout=bound)
+    await start_consumers(registry)
+    receiver = None
+    if settings.livekit_configured and settings.livekit_api_key and settings.livekit_api_secret:
+        receiver = livekit_api.WebhookReceiver(
+            livekit_api.TokenVerifier(
+                settings.livekit_api_key.get_secret_value(),
+                settings.livekit_api_secret.get_secret_value(),
+            )
+        )
+    return Runtime(
+        settings=settings,
+        bus=bus,
+        redis=redis,
+        http=http,
+        registry=registry,
+        verifier=JwksVerifier(
+            jwks_url=settings.jwks_url,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            http=http,
+        ),
+        limiter=RedisRateLimiter(
+            redis,
+            limit=settings.rate_limit_requests,
+            window_seconds=settings.rate_limit_window_seconds,
+            timeout=bound,
+        ),
+        rooms=RedisSessionRooms(redis, ttl_seconds=settings.session_mapping_ttl_seconds, timeout=bound),
+        webhook_receiver=receiver,
+        metrics=metrics,
+    )

@@ -1,0 +1,330 @@
+"""What the token-service decides: who may test which agent, what the token allows, which events follow.
+
+The token is minted by `generate_test_token`, a pure function of the settings and the ids. Issuing one
+(`issue_test_token`) checks the user and the agent, then hands out a token only after the broker has
+confirmed the `session.requested` event, so every token in a browser has a session in the registry.
+The clients it needs come in as parameters behind small Protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from uuid import UUID
+
+import jwt
+import structlog
+from agentline_common.agents import AgentConfig
+from agentline_common.auth import UserClaims
+from agentline_common.bus import PublishError
+from agentline_common.events import (
+    SESSION_NAMESPACE,
+    Event,
+    SessionEnded,
+    SessionEndedData,
+    SessionRequested,
+    SessionRequestedData,
+)
+from agentline_common.rooms import InvalidRoomName, TestRoom, new_test_room, parse_room_name
+from livekit import api as livekit_api
+from pydantic import BaseModel, ConfigDict
+
+from agentline_token_service.settings import TokenServiceSettings
+
+log = structlog.get_logger()
+
+MICROPHONE_SOURCE = "microphone"
+ROOM_FINISHED = "room_finished"
+
+
+class TestTokenError(Exception):
+    """A request the service refuses; the message is shown to the person who asked."""
+
+    __test__ = False
+
+
+class LiveKitNotConfigured(TestTokenError):
+    """No LiveKit URL, API key or secret: no token can be minted."""
+
+
+class NotAMember(TestTokenError):
+    """The user has no role in the agent's organisation."""
+
+
+class AgentInactive(TestTokenError):
+    """The agent exists but is switched off."""
+
+
+class RateLimited(TestTokenError):
+    """The user asked for more tokens than the window allows."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class DependencyUnavailable(TestTokenError):
+    """The broker or Redis did not answer within the bound; the caller should try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class TestToken:
+    """A minted token and what the browser needs to use it."""
+
+    __test__ = False
+
+    token: str
+    server_url: str
+    room_name: str
+    identity: str
+    expires_at: datetime
+
+
+class SessionRef(BaseModel):
+    """Which session a test room belongs to, kept so the webhook can close it later."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: UUID
+    agent_id: UUID
+    org_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    retry_after_seconds: int = 0
+
+
+class AgentDirectory(Protocol):
+    async def get_agent(self, agent_id: UUID) -> AgentConfig: ...
+
+
+class EventPublisher(Protocol):
+    async def publish(self, event: Event, *, timeout: float = ...) -> None: ...
+
+
+class RateLimiter(Protocol):
+    async def hit(self, subject: str) -> RateDecision: ...
+
+
+class SessionRooms(Protocol):
+    async def save(self, room_name: str, ref: SessionRef) -> None: ...
+
+    async def load(self, room_name: str) -> SessionRef | None: ...
+
+
+def participant_identity(user_id: UUID) -> str:
+    """`user-{id}` plus a random tail, so the same user in two tabs gets two participants.
+
+    LiveKit disconnects an earlier participant when a second one joins with the same identity.
+    """
+    return f"user-{user_id}-{uuid.uuid4().hex[:8]}"
+
+
+def test_grants(room_name: str) -> livekit_api.VideoGrants:
+    """Join this one room, hear everyone, speak through the microphone, send data; nothing more."""
+    return livekit_api.VideoGrants(
+        room_join=True,
+        room=room_name,
+        can_subscribe=True,
+        can_publish=True,
+        can_publish_sources=[MICROPHONE_SOURCE],
+        can_publish_data=True,
+    )
+
+
+def room_configuration(
+    settings: TokenServiceSettings, *, agent_id: UUID, session_id: UUID
+) -> livekit_api.RoomConfiguration:
+    """What LiveKit applies when the browser's join creates the room: the agent dispatch included."""
+    metadata = json.dumps({"agent_id": str(agent_id), "session_id": str(session_id)})
+    return livekit_api.RoomConfiguration(
+        empty_timeout=settings.room_empty_timeout_seconds,
+        agents=[livekit_api.RoomAgentDispatch(agent_name=settings.agent_name, metadata=metadata)],
+    )
+
+
+def require_livekit(settings: TokenServiceSettings) -> tuple[str, str]:
+    """The LiveKit API key and secret, or LiveKitNotConfigured naming what to set."""
+    key = settings.livekit_api_key.get_secret_value() if settings.livekit_api_key else ""
+    secret = settings.livekit_api_secret.get_secret_value() if settings.livekit_api_secret else ""
+    if not (settings.livekit_configured and key and secret):
+        raise LiveKitNotConfigured(
+            "LiveKit is not configured on the token-service: set LIVEKIT_URL, LIVEKIT_API_KEY "
+            "and LIVEKIT_API_SECRET"
+        )
+    return key, secret
+
+
+def generate_test_token(
+    settings: TokenServiceSettings,
+    *,
+    agent_id: UUID,
+    session_id: UUID,
+    user_id: UUID,
+    user_name: str,
+    ttl: timedelta | None = None,
+) -> TestToken:
+    """Mint a token for a fresh test room of `agent_id`; raises LiveKitNotConfigured without LiveKit."""
+    api_key, api_secret = require_livekit(settings)
+    room = new_test_room(agent_id)
+    identity = participant_identity(user_id)
+    token = (
+        livekit_api.AccessToken(api_key, api_secret)
+        .with_identity(identity)
+        .with_name(user_name)
+        .with_ttl(ttl if ttl is not None else timedelta(seconds=settings.token_ttl_seconds))
+        .with_grants(test_grants(room.name))
+        .with_room_config(room_configuration(settings, agent_id=agent_id, session_id=session_id))
+        .to_jwt()
+    )
+    # Report the expiry the token itself carries, not a second reading of the clock.
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    return TestToken(
+        token=token,
+        server_url=settings.browser_livekit_url,
+        room_name=room.name,
+        identity=identity,
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
+
+
+def authorize_test_call(user: UserClaims, agent: AgentConfig) -> None:
+    """Any member of the agent's organisation may test it, if the agent is active."""
+    if user.role_in(agent.org_id) is None:
+        raise NotAMember(
+            f"you are not a member of the organisation that owns agent {agent.id}; "
+            "ask one of its owners or admins to add you"
+        )
+    if not agent.active:
+        raise AgentInactive(f"agent {agent.id} is inactive; activate it before testing it")
+
+
+def session_requested_event(
+    token: TestToken, *, agent: AgentConfig, user_id: UUID, session_id: UUID
+) -> SessionRequested:
+    return SessionRequested(
+        org_id=agent.org_id,
+        agent_id=agent.id,
+        session_id=session_id,
+        data=SessionRequestedData(
+            kind="test",
+            room_name=token.room_name,
+            requested_by=user_id,
+            expires_at=token.expires_at,
+        ),
+    )
+
+
+async def issue_test_token(
+    settings: TokenServiceSettings,
+    *,
+    user: UserClaims,
+    agent_id: UUID,
+    agents: AgentDirectory,
+    limiter: RateLimiter,
+    rooms: SessionRooms,
+    publisher: EventPublisher,
+) -> TestToken:
+    """Check, mint, record and announce a test call; the token leaves only after the broker's confirm."""
+    require_livekit(settings)
+    decision = await limiter.hit(f"user:{user.user_id}")
+    if not decision.allowed:
+        raise RateLimited(
+            f"too many test calls: at most {settings.rate_limit_requests} every "
+            f"{settings.rate_limit_window_seconds} s; try again in {decision.retry_after_seconds} s",
+            retry_after_seconds=decision.retry_after_seconds,
+        )
+    agent = await _look_up(agents, agent_id, bound=settings.dependency_timeout_seconds)
+    authorize_test_call(user, agent)
+    session_id = uuid.uuid4()
+    token = generate_test_token(
+        settings, agent_id=agent.id, session_id=session_id, user_id=user.user_id, user_name=user.email
+    )
+    await rooms.save(
+        token.room_name, SessionRef(session_id=session_id, agent_id=agent.id, org_id=agent.org_id)
+    )
+    event = session_requested_event(token, agent=agent, user_id=user.user_id, session_id=session_id)
+    try:
+        await publisher.publish(event, timeout=settings.dependency_timeout_seconds)
+    except PublishError as error:
+        log.warning("token.session_not_confirmed", agent_id=str(agent.id), error=str(error))
+        raise DependencyUnavailable(
+            "the message broker did not confirm the new session, so no token was issued; "
+            "try again in a few seconds"
+        ) from error
+    log.info(
+        "token.issued",
+        agent_id=str(agent.id),
+        org_id=str(agent.org_id),
+        session_id=str(session_id),
+        room=token.room_name,
+        user_id=str(user.user_id),
+    )
+    return token
+
+
+async def _look_up(agents: AgentDirectory, agent_id: UUID, *, bound: float) -> AgentConfig:
+    # The registry client bounds its own RPC wait; this also bounds its cache read and reply-queue
+    # set-up, which could otherwise wait on a broker that is reconnecting.
+    try:
+        async with asyncio.timeout(bound + 0.5):
+            return await agents.get_agent(agent_id)
+    except TimeoutError as error:
+        raise DependencyUnavailable(
+            "the agent registry could not be reached in time; try again in a few seconds"
+        ) from error
+
+
+def session_ended_event(webhook_id: str, *, ref: SessionRef, room_name: str) -> SessionEnded:
+    """`session.ended` for a room LiveKit closed; the same webhook always yields the same event id,
+    so a webhook LiveKit delivers twice is processed once downstream."""
+    return SessionEnded(
+        id=uuid.uuid5(SESSION_NAMESPACE, f"livekit-webhook:{webhook_id or room_name}"),
+        org_id=ref.org_id,
+        agent_id=ref.agent_id,
+        session_id=ref.session_id,
+        data=SessionEndedData(
+            reason="room_finished",
+            detail="LiveKit closed the room",
+            room_name=room_name,
+        ),
+    )
+
+
+async def handle_livekit_event(
+    webhook: livekit_api.WebhookEvent,
+    *,
+    rooms: SessionRooms,
+    publisher: EventPublisher,
+    timeout: float,
+) -> SessionEnded | None:
+    """Close the session of a test room LiveKit finished, even if its worker died without saying so."""
+    if webhook.event != ROOM_FINISHED:
+        return None
+    room_name = webhook.room.name
+    try:
+        room = parse_room_name(room_name)
+    except InvalidRoomName:
+        log.info("webhook.room_ignored", room=room_name[:128])
+        return None
+    if not isinstance(room, TestRoom):
+        return None
+    ref = await rooms.load(room_name)
+    if ref is None:
+        log.warning("webhook.session_unknown", room=room_name)
+        return None
+    event = session_ended_event(webhook.id, ref=ref, room_name=room_name)
+    try:
+        await publisher.publish(event, timeout=timeout)
+    except PublishError as error:
+        raise DependencyUnavailable(
+            "the message broker did not confirm session.ended; LiveKit should retry"
+        ) from error
+    log.info("webhook.session_ended", room=room_name, session_id=str(ref.session_id))
+    return event
