@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class Infrastructure:
         self._dirs: list[Path] = []
         self._lock = threading.Lock()
         self._use_containers: bool | None = None
+        self.startup_seconds: dict[str, float] = {}
 
     def ensure(self, name: str) -> Future[Any]:
         """The future of server `name`, starting it now if nobody asked for it before."""
@@ -141,12 +143,14 @@ class Infrastructure:
         return path
 
     def _start(self, name: str) -> Any:
+        began = time.monotonic()
         server = self._build(name)
         start: Callable[[], None] | None = getattr(server, "start", None)
         if start is not None and not isinstance(server, ExternalRabbitMQ):
             start()
         with self._lock:
             self._started.append(server)
+            self.startup_seconds[name] = time.monotonic() - began
         return server
 
     def _build(self, name: str) -> Any:
@@ -216,6 +220,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # LiveKit waits for Redis inside its own start, so order does not matter here.
     for name in sorted(needed):
         infra.ensure(name)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say how long each server took to start, since every test run pays for it."""
+    infra = config.stash.get(_INFRA_KEY, None)
+    if infra is not None and infra.startup_seconds:
+        figures = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in infra.startup_seconds.items())
+        terminalreporter.write_line(f"agentline test servers started: {figures}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

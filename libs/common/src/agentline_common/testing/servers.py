@@ -27,6 +27,10 @@ LIVEKIT_VERSION = "v1.13.5"
 LIVEKIT_BINARY = Path(f"/opt/agentline/livekit-server-{LIVEKIT_VERSION}/server")
 POSTGRES_BIN_DIRS = (Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"))
 LOOPBACK = "127.0.0.1"
+RABBITMQ_APPS_DIR = next(
+    iter(sorted(Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*/plugins"))),
+    Path("/usr/lib/rabbitmq/lib/rabbitmq_server/plugins"),
+)
 START_TIMEOUT = 60.0
 
 
@@ -208,6 +212,7 @@ class RabbitMQServer:
             + "\n"
         )
         (self.base_dir / "enabled_plugins").write_text("[].\n")
+        _link_core_applications(self.base_dir / "plugins")
 
     def _environment(self) -> dict[str, str]:
         base = self.base_dir
@@ -223,6 +228,7 @@ class RabbitMQServer:
                 "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
                 "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
                 "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+                "RABBITMQ_PLUGINS_DIR": str(base / "plugins"),
                 "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
                 "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
@@ -279,6 +285,22 @@ class RabbitMQServer:
                 timeout=10,
                 check=False,
             )
+
+
+def _link_core_applications(target: Path) -> None:
+    """A plugins directory holding the broker's own applications but none of the optional plugins.
+
+    RabbitMQ scans every application in its plugins directory for boot steps at start-up; leaving
+    out the ~50 optional plugins (management, MQTT, STOMP, ...) saves seconds on every (re)start.
+    """
+    target.mkdir(exist_ok=True)
+    for app in RABBITMQ_APPS_DIR.iterdir():
+        optional = app.name.startswith(("rabbitmq_", "amqp10_", "amqp_client")) and not (
+            app.name.startswith("rabbitmq_prelaunch")
+        )
+        link = target / app.name
+        if app.is_dir() and not optional and not link.exists():
+            link.symlink_to(app)
 
 
 def _port_taken(host: str, port: int) -> bool:
