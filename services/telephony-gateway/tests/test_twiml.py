@@ -1,0 +1,59 @@
+"""The TwiML documents, parsed back as XML the way Twilio reads them."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from agentline_telephony import twiml
+from agentline_telephony.twiml import SipTarget
+
+pytestmark = pytest.mark.unit
+
+NUMBER = "+15551234567"
+
+
+def test_dial_sip_bridges_the_dialled_number_to_livekit_sip_with_credentials() -> None:
+    target = SipTarget(
+        host="sip.example.test:5060",
+        username="twilio-trunk",
+        password="p" * 32,
+        dial_action_url="https://gw.example.test/api/v1/voice/twilio/status",
+    )
+
+    root = ET.fromstring(twiml.dial_sip(NUMBER, target))
+
+    assert root.tag == "Response"
+    (dial,) = list(root)
+    assert dial.tag == "Dial"
+    assert dial.get("action") == "https://gw.example.test/api/v1/voice/twilio/status"
+    assert dial.get("method") == "POST"
+    (sip,) = list(dial)
+    assert sip.tag == "Sip"
+    assert sip.text == f"sip:{NUMBER}@sip.example.test:5060"
+    assert sip.get("username") == "twilio-trunk"
+    assert sip.get("password") == "p" * 32
+
+
+def test_dial_sip_without_credentials_sends_none() -> None:
+    root = ET.fromstring(twiml.dial_sip(NUMBER, SipTarget(host="127.0.0.1")))
+
+    sip = root.find("./Dial/Sip")
+    assert sip is not None
+    assert sip.attrib == {}
+    assert root.find("./Dial").attrib == {}  # type: ignore[union-attr]
+
+
+def test_say_and_hang_up_is_a_polite_sentence_then_a_hang_up() -> None:
+    root = ET.fromstring(twiml.say_and_hang_up(twiml.UNKNOWN_NUMBER_MESSAGE))
+
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert root[0].text == twiml.UNKNOWN_NUMBER_MESSAGE
+    assert root[0].get("language") == "en-US"
+
+
+def test_empty_response_is_valid_twiml() -> None:
+    root = ET.fromstring(twiml.empty_response())
+
+    assert root.tag == "Response"
+    assert list(root) == []
