@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
@@ -54,6 +55,15 @@ async def plan(livekit_api: LiveKitAPI) -> AsyncIterator[SipPlan]:
     for trunk in (await livekit_api.sip.list_inbound_trunk(ListSIPInboundTrunkRequest())).items:
         if trunk.name == name:
             await livekit_api.sip.delete_trunk(DeleteSIPTrunkRequest(sip_trunk_id=trunk.sip_trunk_id))
+
+
+async def run_json(command: list[str], env: dict[str, str]) -> Any:
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    return json.loads(stdout)
 
 
 async def named(api: LiveKitAPI, name: str) -> tuple[list[Any], list[Any]]:
@@ -116,12 +126,7 @@ async def test_the_console_script_provisions_idempotently(
     }
     command = [sys.executable, "-m", "agentline_telephony", "provision-sip", "--number", plan.numbers[0]]
 
-    runs = [
-        json.loads(
-            subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=60).stdout
-        )
-        for _ in range(2)
-    ]
+    runs = [await run_json(command, env) for _ in range(2)]
 
     assert runs[0]["trunk_created"] and runs[0]["rule_created"]
     assert not runs[1]["trunk_created"] and not runs[1]["rule_created"]
