@@ -1,0 +1,356 @@
+"""Fixtures that run OUR services as real subprocesses, for other services' tests.
+
+`registry_service` runs `agentline-registry migrate` and `agentline-registry serve` (the console script
+of the workspace venv) on a free loopback port, with SQLite in a temp dir, on the session's broker and
+Redis and on an exchange of its own (`.exchange`). Tests that talk to it over the bus make a Bus on
+that exchange (or use the `registry_bus` fixture). Tests never import agentline_registry: they use
+the HTTP API and the command line, as any other client would.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agentline_common.bus import Bus
+from agentline_common.testing.servers import (
+    ManagedProcess,
+    ServerError,
+    child_environment,
+    free_port,
+    make_base_dir,
+    wait_until,
+)
+
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT = 60.0
+TEST_PASSWORD_BYTES = 24
+
+
+def registry_command() -> list[str]:
+    """The registry's console script from this venv, or the module as a fallback."""
+    script = shutil.which("agentline-registry", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "agentline_registry"]
+
+
+class RegistryError(AssertionError):
+    """A helper call to the registry failed; the message has the status and body."""
+
+
+@dataclass(frozen=True)
+class RegistryUser:
+    user_id: uuid.UUID
+    email: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An owner with an organisation and one agent (and its number, if asked for)."""
+
+    user: RegistryUser
+    org_id: uuid.UUID
+    agent_id: uuid.UUID
+    agent: dict[str, Any]
+    number: str | None
+
+    @property
+    def token(self) -> str:
+        return self.user.token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.user.headers
+
+
+@dataclass
+class RegistryService:
+    """A running registry. `.url` is its base URL; the HTTP API lives under `.api_url`."""
+
+    amqp_url: str
+    redis_url: str
+    exchange: str
+    base_dir: Path
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.url}/.well-known/jwks.json"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.base_dir / 'registry.db'}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "registry.log"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What the registry runs with; other services under test want the same JWT settings."""
+        return {
+            "ENVIRONMENT": "test",
+            "LOG_FORMAT": "json",
+            "DATABASE_URL": self.database_url,
+            "AMQP_URL": self.amqp_url,
+            "REDIS_URL": self.redis_url,
+            "BUS_EXCHANGE": self.exchange,
+            "HOST": LOOPBACK,
+            "PORT": str(self.port),
+            "JWT_PRIVATE_KEY_FILE": str(self.base_dir / "jwt-key.pem"),
+            "JWKS_URL": self.jwks_url,
+            "OUTBOX_POLL_SECONDS": "0.2",
+        }
+
+    def prepare(self) -> None:
+        """Write the signing key (kept across restarts, so tokens stay valid) and migrate."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (self.base_dir / "jwt-key.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.cli("migrate")
+
+    def start(self) -> None:
+        """Start the server and wait until /readyz says the database and broker are up."""
+        if self.is_running:
+            return
+        self.process = ManagedProcess(
+            name="agentline-registry",
+            argv=[*registry_command(), "serve"],
+            log_path=self.log_path,
+            env=child_environment(self.environment),
+            cwd=self.base_dir,
+        )
+        self.process.spawn()
+        wait_until(self._ready, what="agentline-registry", process=self.process, timeout=READY_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); its database stays for the next start()."""
+        if self.process is not None:
+            self.process.terminate(timeout=15.0)
+            self.process = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.process is not None
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        """Run `agentline-registry <args>` on this registry's database; its last line as JSON."""
+        completed = subprocess.run(  # noqa: S603 - our own console script with our own arguments
+            [*registry_command(), *args],
+            env=child_environment(self.environment),
+            cwd=self.base_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RegistryError(
+                f"agentline-registry {' '.join(args)} exited {completed.returncode}: "
+                f"{completed.stderr[-2000:]}"
+            )
+        lines = completed.stdout.strip().splitlines()
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+    # HTTP helpers: each returns ids and raises RegistryError on an unexpected status.
+
+    def request(
+        self, method: str, path: str, *, token: str | None = None, expect: int = 200, **kwargs: Any
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.request(method, f"{self.api_url}{path}", headers=headers, timeout=10.0, **kwargs)
+        if response.status_code != expect:
+            raise RegistryError(
+                f"{method} {path}: expected {expect}, got {response.status_code}: {response.text[:1000]}"
+            )
+        return response.json() if response.content else None
+
+    def login(self, email: str, password: str) -> str:
+        body = self.request("POST", "/auth/login", json={"email": email, "password": password})
+        token: str = body["access_token"]
+        return token
+
+    def create_user(self, *, email: str | None = None, password: str | None = None) -> RegistryUser:
+        """A new user (through the command line, as an operator would), logged in."""
+        email = email or f"user-{secrets.token_hex(6)}@example.test"
+        password = password or secrets.token_urlsafe(TEST_PASSWORD_BYTES)
+        created = self.cli("create-user", "--email", email, "--password", password)
+        return RegistryUser(
+            user_id=uuid.UUID(created["user_id"]),
+            email=created["email"],
+            password=password,
+            token=self.login(created["email"], password),
+        )
+
+    def create_org(self, token: str, name: str | None = None) -> uuid.UUID:
+        body = self.request(
+            "POST", "/orgs", token=token, expect=201, json={"name": name or f"org {secrets.token_hex(4)}"}
+        )
+        return uuid.UUID(body["id"])
+
+    def add_member(self, token: str, org_id: uuid.UUID, *, role: str = "member") -> RegistryUser:
+        """A new user who is a `role` of the organisation, logged in."""
+        email = f"member-{secrets.token_hex(6)}@example.test"
+        password = secrets.token_urlsafe(TEST_PASSWORD_BYTES)
+        body = self.request(
+            "POST",
+            f"/orgs/{org_id}/members",
+            token=token,
+            expect=201,
+            json={"email": email, "password": password, "role": role},
+        )
+        return RegistryUser(
+            user_id=uuid.UUID(body["user_id"]),
+            email=email,
+            password=password,
+            token=self.login(email, password),
+        )
+
+    def create_agent(self, token: str, org_id: uuid.UUID, **fields: Any) -> dict[str, Any]:
+        """Create an agent (AgentRead as a dict); `fields` override the defaults."""
+        spec = {
+            "name": f"agent {secrets.token_hex(4)}",
+            "instructions": "You are a helpful test agent.",
+            "first_message": "Hello from the test agent.",
+            **fields,
+        }
+        agent: dict[str, Any] = self.request(
+            "POST", f"/orgs/{org_id}/agents", token=token, expect=201, json=spec
+        )
+        return agent
+
+    def assign_number(self, token: str, agent_id: uuid.UUID | str, number: str) -> None:
+        self.request(
+            "POST", f"/agents/{agent_id}/phone-numbers", token=token, expect=201, json={"number": number}
+        )
+
+    def set_active(self, token: str, agent_id: uuid.UUID | str, active: bool) -> dict[str, Any]:
+        action = "activate" if active else "deactivate"
+        agent: dict[str, Any] = self.request("POST", f"/agents/{agent_id}/{action}", token=token)
+        return agent
+
+    def get_session(self, token: str, session_id: uuid.UUID | str) -> dict[str, Any] | None:
+        """The call-log row of a session, or None while the registry has not recorded it."""
+        headers = {"Authorization": f"Bearer {token}"}
+        response = httpx.get(f"{self.api_url}/sessions/{session_id}", headers=headers, timeout=10.0)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RegistryError(f"GET /sessions/{session_id}: {response.status_code} {response.text}")
+        session: dict[str, Any] = response.json()
+        return session
+
+    def wait_for_session(
+        self, token: str, session_id: uuid.UUID | str, *, status: str | None = None, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """Poll the call log until the session is there (with `status`, if given)."""
+        deadline = time.monotonic() + timeout
+        seen: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            seen = self.get_session(token, session_id)
+            if seen is not None and (status is None or seen["status"] == status):
+                return seen
+            time.sleep(0.1)
+        raise RegistryError(f"session {session_id} not recorded with status {status!r}; last seen {seen}")
+
+    def new_tenant(self, *, active: bool = True, number: str | None = None, **agent_fields: Any) -> Tenant:
+        """A fresh owner, organisation and agent (optionally with `number`): one call per test."""
+        user = self.create_user()
+        org_id = self.create_org(user.token)
+        agent = self.create_agent(user.token, org_id, active=active, **agent_fields)
+        if number is not None:
+            self.assign_number(user.token, agent["id"], number)
+            agent = self.request("GET", f"/agents/{agent['id']}", token=user.token)
+        return Tenant(
+            user=user,
+            org_id=org_id,
+            agent_id=uuid.UUID(agent["id"]),
+            agent=agent,
+            number=number,
+        )
+
+
+def random_e164() -> str:
+    """A random, valid E.164 number in the US test range (+1 555 01xx style), unique per call."""
+    return f"+1555{secrets.randbelow(10**7):07d}"
+
+
+@pytest.fixture(scope="session")
+def registry_service(amqp_url: str, redis_url: str) -> Iterator[RegistryService]:
+    """A real agent-registry subprocess for this test session (see RegistryService)."""
+    service = RegistryService(
+        amqp_url=amqp_url,
+        redis_url=redis_url,
+        exchange=f"test-registry-{secrets.token_hex(6)}",
+        base_dir=make_base_dir("registry"),
+    )
+    try:
+        service.prepare()
+        service.start()
+    except (ServerError, RegistryError):
+        service.stop()
+        raise
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(service.base_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def running_registry(registry_service: RegistryService) -> RegistryService:
+    """The session's registry, started again if an earlier test stopped it."""
+    registry_service.start()
+    return registry_service
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def registry_bus(running_registry: RegistryService) -> AsyncIterator[Bus]:
+    """A connected Bus on the registry's exchange (look-ups and session events reach it)."""
+    connected = Bus(running_registry.amqp_url, exchange=running_registry.exchange)
+    await connected.connect()
+    try:
+        yield connected
+    finally:
+        await connected.close()

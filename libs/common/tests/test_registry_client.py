@@ -1,0 +1,135 @@
+"""RegistryClient against the real registry (a subprocess), the real broker and the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from agentline_common.bus import Bus, RpcFailure
+from agentline_common.registry_client import (
+    AgentNotFound,
+    RegistryClient,
+    RegistryUnavailable,
+    agent_key,
+    number_key,
+)
+from agentline_common.testing.services import RegistryService, random_e164
+from redis.asyncio import Redis
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(registry_bus: Bus, redis: Redis) -> RegistryClient:
+    registry = RegistryClient(bus=registry_bus, redis=redis)
+    await registry.start()
+    return registry
+
+
+async def test_cold_then_warm_lookup_by_id_and_number(
+    running_registry: RegistryService, client: RegistryClient, redis: Redis
+) -> None:
+    number = random_e164()
+    tenant = running_registry.new_tenant(number=number, temperature=0.3)
+
+    cold = await client.get_agent(tenant.agent_id)
+    assert (client.misses, client.hits) == (1, 0)
+    assert cold.id == tenant.agent_id
+    assert cold.org_id == tenant.org_id
+    assert cold.active is True
+    assert cold.temperature == 0.3
+    assert cold.phone_numbers == [number]
+    assert await redis.exists(agent_key(tenant.agent_id), number_key(number)) == 2
+
+    warm = await client.agent_by_number(number)
+    assert warm == cold
+    assert (client.misses, client.hits) == (1, 1)
+
+
+async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:
+    with pytest.raises(AgentNotFound):
+        await client.get_agent(uuid.uuid4())
+    with pytest.raises(AgentNotFound):
+        await client.agent_by_number(random_e164())
+
+
+async def test_responder_answers_bad_params_with_bad_request(registry_bus: Bus) -> None:
+    with pytest.raises(RpcFailure) as not_uuid:
+        await registry_bus.request("agent.get", {"id": "not-a-uuid"})
+    assert not_uuid.value.code == "bad_request"
+    assert "id" in not_uuid.value.message
+    with pytest.raises(RpcFailure) as not_e164:
+        await registry_bus.request("agent.by_number", {"number": "0155501"})
+    assert not_e164.value.code == "bad_request"
+    assert "number" in not_e164.value.message
+
+
+async def test_lookup_carries_tools(running_registry: RegistryService, client: RegistryClient) -> None:
+    tool = {
+        "name": "book_table",
+        "description": "Book a table",
+        "parameters": {"type": "object", "properties": {"people": {"type": "integer"}}},
+        "url": "http://127.0.0.1:9/book",
+        "secret_ref": "booking",
+    }
+    tenant = running_registry.new_tenant(tools=[tool])
+    agent = await client.get_agent(tenant.agent_id)
+    assert [t.name for t in agent.tools] == ["book_table"]
+    assert agent.tools[0].secret_ref == "booking"
+
+
+async def test_deactivated_agent_is_refused_within_a_second(
+    running_registry: RegistryService, client: RegistryClient
+) -> None:
+    number = random_e164()
+    tenant = running_registry.new_tenant(number=number)
+    assert (await client.agent_by_number(number)).active is True
+    assert (await client.get_agent(tenant.agent_id)).active is True
+
+    await asyncio.to_thread(running_registry.set_active, tenant.token, tenant.agent_id, False)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        by_id = await client.get_agent(tenant.agent_id)
+        by_number = await client.agent_by_number(number)
+        if not by_id.active and not by_number.active:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the deactivated agent was still served as active after 1 s")
+
+
+async def test_registry_down_is_unavailable_within_bound(
+    running_registry: RegistryService, redis: Redis, registry_bus: Bus
+) -> None:
+    tenant = running_registry.new_tenant()
+    client = RegistryClient(bus=registry_bus, redis=redis, timeout=2.0)
+    running_registry.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable):
+            await client.get_agent(tenant.agent_id)
+        assert time.monotonic() - started < 3.0
+    finally:
+        running_registry.start()
+    assert (await client.get_agent(tenant.agent_id)).id == tenant.agent_id
+
+
+async def test_fixture_cli_and_http_agree(running_registry: RegistryService) -> None:
+    user = running_registry.create_user(email=f"cli-{secrets.token_hex(4)}@example.test")
+    me = running_registry.request("GET", "/auth/me", token=user.token)
+    assert me["id"] == str(user.user_id)
+    assert me["memberships"] == []

@@ -1,0 +1,95 @@
+"""The registry's FastAPI app: factory, lifespan, error mapping, request metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from agentline_common.logging import CORRELATION_HEADER, bind_correlation_id
+from agentline_common.rooms import InvalidPhoneNumber
+from fastapi import FastAPI, Request, Response, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from agentline_registry import service
+from agentline_registry.api import NotAuthenticated, operations, router
+from agentline_registry.runtime import Runtime, bootstrap, shutdown
+from agentline_registry.settings import RegistrySettings
+
+log = structlog.get_logger()
+
+
+def create_app(settings: RegistrySettings | None = None) -> FastAPI:
+    settings = settings or RegistrySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await bootstrap(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await shutdown(runtime)
+
+    app = FastAPI(
+        title="Agentline agent registry",
+        version="0.1.0",
+        description="Organisations, users, agents, phone numbers and the call log.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    app.include_router(operations)
+    _map_errors(app)
+    app.middleware("http")(_observe)
+    return app
+
+
+def _detail(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+def _map_errors(app: FastAPI) -> None:
+    async def not_found(_: Request, error: Exception) -> Response:
+        return _detail(status.HTTP_404_NOT_FOUND, str(error))
+
+    async def forbidden(_: Request, error: Exception) -> Response:
+        return _detail(status.HTTP_403_FORBIDDEN, str(error))
+
+    async def conflict(_: Request, error: Exception) -> Response:
+        return _detail(status.HTTP_409_CONFLICT, str(error))
+
+    async def unauthenticated(_: Request, error: Exception) -> Response:
+        return _detail(status.HTTP_401_UNAUTHORIZED, str(error), headers={"WWW-Authenticate": "Bearer"})
+
+    async def bad_number(_: Request, error: Exception) -> Response:
+        return _detail(status.HTTP_422_UNPROCESSABLE_CONTENT, f"number: {error}")
+
+    async def integrity(_: Request, error: Exception) -> Response:
+        log.warning("registry.integrity_conflict", error=type(error).__name__)
+        return _detail(status.HTTP_409_CONFLICT, "the change conflicts with a concurrent one; retry")
+
+    app.add_exception_handler(service.NotFound, not_found)
+    app.add_exception_handler(service.Forbidden, forbidden)
+    app.add_exception_handler(service.Conflict, conflict)
+    app.add_exception_handler(service.Unauthenticated, unauthenticated)
+    app.add_exception_handler(NotAuthenticated, unauthenticated)
+    app.add_exception_handler(InvalidPhoneNumber, bad_number)
+    app.add_exception_handler(IntegrityError, integrity)
+
+
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Carry the correlation id and time the request under its route template."""
+    correlation_id = bind_correlation_id(request.headers.get(CORRELATION_HEADER))
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", "unmatched")
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.request_seconds.labels(
+            method=request.method, route=template, status=str(response.status_code)
+        ).observe(time.perf_counter() - started)
+    response.headers[CORRELATION_HEADER] = correlation_id
+    return response

@@ -1,0 +1,48 @@
+"""Prometheus metrics of one registry app, on their own registry so apps in one process don't clash."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RegistryMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "agentline_registry_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.lookups = Counter(
+            "agentline_registry_lookups_total",
+            "Agent look-ups answered over the bus, by method and result.",
+            ["method", "result"],
+            registry=self.registry,
+        )
+        self.outbox_published = Gauge(
+            "agentline_registry_outbox_published",
+            "Outbox events published by this process since start.",
+            registry=self.registry,
+        )
+        self.outbox_publish_failures = Gauge(
+            "agentline_registry_outbox_publish_failures",
+            "Outbox publish attempts that failed in this process since start.",
+            registry=self.registry,
+        )
+        self.outbox_pending = Gauge(
+            "agentline_registry_outbox_pending",
+            "Outbox events waiting to be published.",
+            registry=self.registry,
+        )
+        self.sessions_active = Gauge(
+            "agentline_registry_sessions_active",
+            "Sessions in the call log whose status is active.",
+            registry=self.registry,
+        )
+        self.sessions_expired = Counter(
+            "agentline_registry_sessions_expired_total",
+            "Requested sessions that never started and were marked expired.",
+            registry=self.registry,
+        )

@@ -1,0 +1,209 @@
+"""All of the registry's SQL. Functions take the caller's session and flush; they never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from agentline_common.events import Event
+from agentline_common.outbox import add_to_outbox
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentline_registry.tables import (
+    OUTBOX,
+    Agent,
+    CallSession,
+    Membership,
+    Org,
+    PhoneNumber,
+    User,
+)
+
+
+async def ping(db: AsyncSession) -> None:
+    await db.execute(text("SELECT 1"))
+
+
+async def add(db: AsyncSession, row: Org | User | Membership | Agent | PhoneNumber | CallSession) -> None:
+    db.add(row)
+    await db.flush()
+
+
+async def enqueue_event(db: AsyncSession, event: Event) -> None:
+    await add_to_outbox(db, OUTBOX, event)
+
+
+# Organisations and people
+
+
+async def get_org(db: AsyncSession, org_id: uuid.UUID) -> Org | None:
+    return await db.get(Org, org_id)
+
+
+async def orgs_of_user(db: AsyncSession, user_id: uuid.UUID) -> list[tuple[Org, str]]:
+    rows = await db.execute(
+        select(Org, Membership.role)
+        .join(Membership, Membership.org_id == Org.id)  # type: ignore[arg-type]
+        .where(Membership.user_id == user_id)
+        .order_by(Org.created_at, Org.id)  # type: ignore[arg-type]
+    )
+    return [(org, role) for org, role in rows.all()]
+
+
+async def get_user(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    return await db.get(User, user_id)
+
+
+async def user_by_email(db: AsyncSession, email: str) -> User | None:
+    rows = await db.execute(select(User).where(User.email == email))
+    return rows.scalar_one_or_none()
+
+
+async def set_password_hash(db: AsyncSession, user_id: uuid.UUID, password_hash: str) -> None:
+    await db.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))  # type: ignore[arg-type]
+
+
+async def role_of(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> str | None:
+    rows = await db.execute(
+        select(Membership.role).where(Membership.user_id == user_id, Membership.org_id == org_id)
+    )
+    return rows.scalar_one_or_none()
+
+
+async def get_membership(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> Membership | None:
+    return await db.get(Membership, (org_id, user_id))
+
+
+async def members_of_org(db: AsyncSession, org_id: uuid.UUID) -> list[tuple[User, str]]:
+    rows = await db.execute(
+        select(User, Membership.role)
+        .join(Membership, Membership.user_id == User.id)  # type: ignore[arg-type]
+        .where(Membership.org_id == org_id)
+        .order_by(Membership.created_at, User.email)  # type: ignore[arg-type]
+    )
+    return [(user, role) for user, role in rows.all()]
+
+
+async def count_owners(db: AsyncSession, org_id: uuid.UUID) -> int:
+    rows = await db.execute(
+        select(func.count()).where(Membership.org_id == org_id, Membership.role == "owner")
+    )
+    return int(rows.scalar_one())
+
+
+async def delete_membership(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> None:
+    await db.execute(
+        delete(Membership).where(Membership.user_id == user_id, Membership.org_id == org_id)  # type: ignore[arg-type]
+    )
+
+
+# Agents and numbers
+
+
+async def get_agent(db: AsyncSession, agent_id: uuid.UUID) -> Agent | None:
+    return await db.get(Agent, agent_id)
+
+
+async def agents_of_org(
+    db: AsyncSession, org_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[Agent], int]:
+    total = await db.execute(select(func.count()).select_from(Agent).where(Agent.org_id == org_id))
+    rows = await db.execute(
+        select(Agent)
+        .where(Agent.org_id == org_id)
+        .order_by(Agent.created_at, Agent.id)  # type: ignore[arg-type]
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows.scalars().all()), int(total.scalar_one())
+
+
+async def agent_by_name(db: AsyncSession, *, org_id: uuid.UUID, name: str) -> Agent | None:
+    rows = await db.execute(
+        select(Agent).where(Agent.org_id == org_id, Agent.name == name).order_by(Agent.created_at)  # type: ignore[arg-type]
+    )
+    return rows.scalars().first()
+
+
+async def delete_agent(db: AsyncSession, agent_id: uuid.UUID) -> None:
+    await db.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent_id))  # type: ignore[arg-type]
+    await db.execute(delete(Agent).where(Agent.id == agent_id))  # type: ignore[arg-type]
+
+
+async def numbers_of_agents(db: AsyncSession, agent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+    numbers: dict[uuid.UUID, list[str]] = {agent_id: [] for agent_id in agent_ids}
+    if not agent_ids:
+        return numbers
+    rows = await db.execute(
+        select(PhoneNumber.agent_id, PhoneNumber.number)
+        .where(PhoneNumber.agent_id.in_(agent_ids))  # type: ignore[attr-defined]
+        .order_by(PhoneNumber.number)
+    )
+    for agent_id, number in rows.all():
+        numbers[agent_id].append(number)
+    return numbers
+
+
+async def get_number(db: AsyncSession, number: str) -> PhoneNumber | None:
+    return await db.get(PhoneNumber, number)
+
+
+async def numbers_of_org(db: AsyncSession, org_id: uuid.UUID) -> list[PhoneNumber]:
+    rows = await db.execute(
+        select(PhoneNumber).where(PhoneNumber.org_id == org_id).order_by(PhoneNumber.number)
+    )
+    return list(rows.scalars().all())
+
+
+async def delete_number(db: AsyncSession, number: str) -> None:
+    await db.execute(delete(PhoneNumber).where(PhoneNumber.number == number))  # type: ignore[arg-type]
+
+
+# The call log
+
+
+async def get_session(db: AsyncSession, session_id: uuid.UUID) -> CallSession | None:
+    return await db.get(CallSession, session_id)
+
+
+async def sessions_of_agent(
+    db: AsyncSession, agent_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[CallSession], int]:
+    total = await db.execute(
+        select(func.count()).select_from(CallSession).where(CallSession.agent_id == agent_id)
+    )
+    rows = await db.execute(
+        select(CallSession)
+        .where(CallSession.agent_id == agent_id)
+        .order_by(CallSession.created_at.desc(), CallSession.id)  # type: ignore[attr-defined]
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows.scalars().all()), int(total.scalar_one())
+
+
+async def expire_requested_sessions(db: AsyncSession, *, now: datetime, default_deadline: datetime) -> int:
+    """Mark as expired every session still `requested` past its deadline (its own expiry, or the
+    default for rows whose event named none)."""
+    result = await db.execute(
+        update(CallSession)
+        .where(
+            CallSession.status == "requested",
+            (
+                (CallSession.expires_at.is_not(None) & (CallSession.expires_at < now))  # type: ignore[union-attr]
+                | (
+                    CallSession.expires_at.is_(None)  # type: ignore[union-attr]
+                    & (CallSession.created_at < default_deadline)
+                )
+            ),
+        )
+        .values(status="expired", end_reason="expired", ended_at=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def count_sessions_with_status(db: AsyncSession, status: str) -> int:
+    rows = await db.execute(select(func.count()).select_from(CallSession).where(CallSession.status == status))
+    return int(rows.scalar_one())

@@ -1,0 +1,121 @@
+"""What a running registry holds: its clients and background tasks, built at start-up (bootstrap)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from agentline_common.bus import Bus, BusUnavailable
+from agentline_common.outbox import OutboxRelay
+from agentline_common.processed_events import RedisProcessedEvents
+from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from agentline_registry import repository, service
+from agentline_registry.consumers import LookupResponder, SessionLog, start_consumers
+from agentline_registry.credentials import SigningKey, load_signing_key
+from agentline_registry.database import create_engine, session_factory
+from agentline_registry.metrics import RegistryMetrics
+from agentline_registry.settings import RegistrySettings
+from agentline_registry.tables import OUTBOX
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Runtime:
+    settings: RegistrySettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    signing_key: SigningKey
+    bus: Bus
+    redis: Redis
+    relay: OutboxRelay
+    metrics: RegistryMetrics
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def refresh_gauges(self) -> None:
+        self.metrics.outbox_published.set(self.relay.published)
+        self.metrics.outbox_publish_failures.set(self.relay.failures)
+        try:
+            self.metrics.outbox_pending.set(await self.relay.pending())
+            async with self.sessions() as db:
+                active = await repository.count_sessions_with_status(db, "active")
+            self.metrics.sessions_active.set(active)
+        except SQLAlchemyError:
+            log.warning("metrics.database_unavailable")
+
+    async def sweep_sessions_forever(self) -> None:
+        """Expire sessions requested but never started within the token lifetime."""
+        lifetime = timedelta(seconds=self.settings.session_expiry_seconds)
+        while True:
+            try:
+                async with self.sessions() as db:
+                    expired = await service.expire_stale_sessions(
+                        db, now=datetime.now(UTC), default_lifetime=lifetime
+                    )
+                    await db.commit()
+                self.metrics.sessions_expired.inc(expired)
+            except SQLAlchemyError as error:
+                log.warning("session.sweep_failed", error=type(error).__name__)
+            await asyncio.sleep(self.settings.session_sweep_interval_seconds)
+
+
+async def _connect_bus(settings: RegistrySettings) -> Bus:
+    """Connect, retrying while the broker starts up, for at most `startup_timeout_seconds`."""
+    deadline = asyncio.get_running_loop().time() + settings.startup_timeout_seconds
+    while True:
+        bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
+        try:
+            await bus.connect()
+            return bus
+        except BusUnavailable:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("registry.broker_unavailable_retrying")
+            await asyncio.sleep(1.0)
+
+
+async def bootstrap(settings: RegistrySettings) -> Runtime:
+    engine = create_engine(settings.database_url)
+    bus = await _connect_bus(settings)
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=2.0, socket_connect_timeout=2.0
+    )
+    metrics = RegistryMetrics()
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        signing_key=load_signing_key(settings),
+        bus=bus,
+        redis=redis,
+        relay=OutboxRelay(engine=engine, table=OUTBOX, bus=bus, poll_seconds=settings.outbox_poll_seconds),
+        metrics=metrics,
+    )
+    await start_consumers(
+        bus=bus,
+        responder=LookupResponder(runtime.sessions, metrics),
+        session_log=SessionLog(runtime.sessions),
+        processed=RedisProcessedEvents(redis),
+    )
+    runtime.relay.start()
+    runtime.tasks.append(asyncio.create_task(runtime.sweep_sessions_forever(), name="session-sweep"))
+    log.info("registry.started", exchange=settings.bus_exchange)
+    return runtime
+
+
+async def shutdown(runtime: Runtime) -> None:
+    for task in runtime.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await runtime.relay.stop()
+    await runtime.bus.close()
+    await runtime.redis.aclose()
+    await runtime.engine.dispose()
+    log.info("registry.stopped")

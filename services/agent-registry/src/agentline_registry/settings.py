@@ -1,0 +1,30 @@
+"""The registry's settings, read from the environment (on top of the shared ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentline_common.settings import CommonSettings
+from pydantic import SecretStr
+
+
+class RegistrySettings(CommonSettings):
+    """Database, HTTP listener, token signing and the session-log sweep."""
+
+    service_name: str = "agent-registry"
+
+    database_url: str = "sqlite+aiosqlite:///./agentline.db"
+    host: str = "127.0.0.1"
+    port: int = 8101
+
+    jwt_private_key: SecretStr | None = None
+    """PEM of the RSA key that signs users' tokens; wins over `jwt_private_key_file`."""
+    jwt_private_key_file: Path | None = None
+    access_token_minutes: int = 15
+
+    session_expiry_seconds: int = 600
+    """How long a requested session may wait to start when its event names no expiry (token TTL)."""
+    session_sweep_interval_seconds: float = 30.0
+    outbox_poll_seconds: float = 1.0
+    startup_timeout_seconds: float = 30.0
+    """How long start-up keeps retrying the broker and database before giving up."""
