@@ -30,7 +30,7 @@ from agentline_common.events import (
     utc_now,
 )
 from agentline_common.registry_client import AgentNotFound, RegistryUnavailable
-from agentline_common.rooms import PHONE_PREFIX, is_e164
+from agentline_common.rooms import is_e164
 
 from agentline_telephony import twiml
 from agentline_telephony.twiml import SipTarget
@@ -150,13 +150,11 @@ def parse_status(form: Mapping[str, str]) -> CallStatus:
     return CallStatus(call_sid=call_sid, status=_required(form, "CallStatus"), from_dial=False)
 
 
-def phone_room_prefix(number: str) -> str:
-    """The room a phone call will land in, as far as it is known when Twilio calls us.
-
-    LiveKit SIP appends a random suffix only when the INVITE arrives, so `session.requested` carries
-    the prefix ``call_{number}``; the worker's `session.started` names the full room.
-    """
-    return f"{PHONE_PREFIX}_{number}"
+UNKNOWN_ROOM = ""
+"""The room of a phone call is not known when Twilio calls us: LiveKit SIP appends its random suffix
+only when the INVITE arrives. `session.requested` says so with an empty room name, which the registry
+fills in from the worker's `session.started` (it keeps the first non-empty name it sees, so a prefix
+such as ``call_{number}`` here would stick and hide the real room)."""
 
 
 def requested_event_id(call_sid: str) -> uuid.UUID:
@@ -176,7 +174,7 @@ def session_requested(call: IncomingCall, agent: AgentConfig, *, ttl: timedelta)
         session_id=phone_session_id(call.call_sid),
         data=SessionRequestedData(
             kind="phone",
-            room_name=phone_room_prefix(call.to_number),
+            room_name=UNKNOWN_ROOM,
             call=PhoneCall(sid=call.call_sid, from_number=call.from_number, to_number=call.to_number),
             expires_at=utc_now() + ttl,
         ),

@@ -1,0 +1,175 @@
+"""The webhooks over real HTTP, with the real broker, Redis and SQLite: signatures, TwiML, probes.
+
+Tests that need agents in the registry live in test_calls.py; here the registry is absent, which the
+gateway must treat like a registry that is down.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+from agentline_common.testing.servers import free_port
+from agentline_telephony import twiml
+from agentline_telephony.testing import (
+    INCOMING,
+    PUBLIC_BASE_URL,
+    STATUS,
+    GatewayFactory,
+    incoming_form,
+    status_form,
+)
+from pydantic import SecretStr
+from twilio.request_validator import RequestValidator
+
+pytestmark = pytest.mark.integration
+
+
+def parse_twiml(document: str) -> ET.Element:
+    """Parse TwiML from our own gateway (trusted input, hence the plain parser)."""
+    return ET.fromstring(document)  # noqa: S314
+
+
+def said(document: str) -> str:
+    root = parse_twiml(document)
+    assert [child.tag for child in root] == ["Say", "Hangup"], document
+    return root[0].text or ""
+
+
+async def test_a_missing_signature_is_refused(start_gateway: GatewayFactory, unique_number: str) -> None:
+    gateway = await start_gateway()
+
+    response = await gateway.post(INCOMING, incoming_form(unique_number), signature="")
+
+    assert response.status_code == 403
+    assert "X-Twilio-Signature" in response.json()["detail"]
+
+
+async def test_a_tampered_field_is_refused(start_gateway: GatewayFactory, unique_number: str) -> None:
+    gateway = await start_gateway()
+    signed = incoming_form(unique_number)
+    sent = {**signed, "From": "+14155550999"}
+
+    response = await gateway.post(INCOMING, sent, signed_form=signed)
+
+    assert response.status_code == 403
+
+
+async def test_a_signature_over_another_url_is_refused(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    """Signed over the address the request really reached (what the Host header says), not the
+    configured public URL: a proxy or a forger controls that, so it must not verify."""
+    gateway = await start_gateway()
+    form = incoming_form(unique_number)
+
+    host_url = await gateway.post(INCOMING, form, signed_url=f"{gateway.base_url}{INCOMING}")
+    other_path = await gateway.post(INCOMING, form, signed_url=f"{PUBLIC_BASE_URL}{STATUS}")
+
+    assert (host_url.status_code, other_path.status_code) == (403, 403)
+
+
+async def test_a_signature_with_another_token_is_refused(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    gateway = await start_gateway()
+    form = incoming_form(unique_number)
+    forged = RequestValidator("x" * 32).compute_signature(f"{PUBLIC_BASE_URL}{INCOMING}", form)
+
+    response = await gateway.post(INCOMING, form, signature=forged)
+
+    assert response.status_code == 403
+
+
+async def test_the_status_callback_is_signed_too(start_gateway: GatewayFactory, unique_number: str) -> None:
+    gateway = await start_gateway()
+    form = status_form(incoming_form(unique_number), "busy")
+
+    unsigned = await gateway.post(STATUS, form, signature="")
+    signed = await gateway.post(STATUS, form)
+
+    assert unsigned.status_code == 403
+    assert signed.status_code == 200
+    assert signed.headers["content-type"].startswith("text/xml")
+    assert list(parse_twiml(signed.text)) == []
+
+
+async def test_no_auth_token_configured_refuses_every_webhook(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    gateway = await start_gateway(twilio_auth_token=None)
+
+    response = await gateway.client.post(
+        f"{gateway.base_url}{INCOMING}",
+        data=incoming_form(unique_number),
+        headers={"X-Twilio-Signature": "anything"},
+    )
+
+    assert response.status_code == 503
+    assert "TWILIO_AUTH_TOKEN" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("To", None), ("To", "5551234567"), ("To", "+1 (555) 123-4567"), ("CallSid", None)],
+)
+async def test_a_signed_but_unusable_form_still_gets_polite_twiml(
+    start_gateway: GatewayFactory, unique_number: str, field: str, value: str | None
+) -> None:
+    gateway = await start_gateway()
+    form = incoming_form(unique_number)
+    if value is None:
+        del form[field]
+    else:
+        form[field] = value
+
+    response = await gateway.post(INCOMING, form)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/xml")
+    assert said(response.text) == twiml.BAD_REQUEST_MESSAGE
+
+
+async def test_no_registry_answering_gets_polite_twiml_within_the_bound(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    gateway = await start_gateway()  # its exchange has no registry bound to it
+
+    started = time.monotonic()
+    response = await gateway.post(INCOMING, incoming_form(unique_number))
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert said(response.text) == twiml.UNAVAILABLE_MESSAGE
+    assert elapsed < 5  # bounded (about the 1.5 s look-up limit), never a hang
+
+
+async def test_health_readiness_and_metrics(start_gateway: GatewayFactory, unique_number: str) -> None:
+    gateway = await start_gateway()
+    await gateway.post(INCOMING, incoming_form(unique_number), signature="")
+    await gateway.post(INCOMING, {**incoming_form(unique_number), "To": "oops"})
+
+    health = await gateway.client.get(f"{gateway.base_url}/healthz")
+    ready = await gateway.client.get(f"{gateway.base_url}/readyz")
+    metrics = await gateway.client.get(f"{gateway.base_url}/metrics")
+
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json()["database"] == "ok" and ready.json()["redis"] == "ok"
+    text = metrics.text
+    assert 'agentline_telephony_webhooks_rejected_total{webhook="incoming"} 1.0' in text
+    assert 'agentline_telephony_webhooks_answered_total{outcome="bad_request",webhook="incoming"} 1.0' in text
+    assert 'agentline_telephony_webhook_duration_seconds_count{webhook="incoming"} 1.0' in text
+    assert "agentline_telephony_outbox_pending 0.0" in text
+
+
+async def test_readiness_fails_fast_without_redis(start_gateway: GatewayFactory) -> None:
+    gateway = await start_gateway(redis_url=SecretStr(f"redis://127.0.0.1:{free_port()}/0"))
+
+    started = time.monotonic()
+    ready = await gateway.client.get(f"{gateway.base_url}/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["redis"] == "unavailable"
+    assert time.monotonic() - started < 5
