@@ -185,12 +185,20 @@ class RabbitMQServer:
     tests rely on this).
     """
 
-    def __init__(self, *, base_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        base_dir: Path,
+        port: int | None = None,
+        dist_port: int | None = None,
+        epmd_port: int | None = None,
+        node_name: str | None = None,
+    ) -> None:
         self.host = LOOPBACK
-        self.port = free_port()
-        self.dist_port = free_port()
-        self.epmd_port = free_port()
-        self.node_name = f"agentline-{secrets.token_hex(4)}@localhost"
+        self.port = port or free_port()
+        self.dist_port = dist_port or free_port()
+        self.epmd_port = epmd_port or free_port()
+        self.node_name = node_name or f"agentline-{secrets.token_hex(4)}@localhost"
         self.base_dir = base_dir
         self.url = f"amqp://guest:guest@{self.host}:{self.port}/"
         self._process: ManagedProcess | None = None
@@ -214,7 +222,8 @@ class RabbitMQServer:
         (self.base_dir / "enabled_plugins").write_text("[].\n")
         _link_core_applications(self.base_dir / "plugins")
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """The variables that give the node its name, ports, data and config (all under base_dir)."""
         base = self.base_dir
         return child_environment(
             {
@@ -237,15 +246,18 @@ class RabbitMQServer:
             }
         )
 
-    def spawn(self) -> None:
+    def argv(self) -> list[str]:
         binary = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
         if not binary.exists():
             raise ServerError("rabbitmq-server is not installed (run `make setup`)")
+        return [str(binary)]
+
+    def spawn(self) -> None:
         self._process = ManagedProcess(
             name="rabbitmq",
-            argv=[str(binary)],
+            argv=self.argv(),
             log_path=self.base_dir / "log" / "stdout.log",
-            env=self._environment(),
+            env=self.environment(),
             cwd=self.base_dir,
         )
         self._process.spawn()
@@ -280,7 +292,7 @@ class RabbitMQServer:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(  # noqa: S603
                 [epmd, "-port", str(self.epmd_port), "-kill"],
-                env=self._environment(),
+                env=self.environment(),
                 capture_output=True,
                 timeout=10,
                 check=False,
@@ -313,36 +325,34 @@ def _port_taken(host: str, port: int) -> bool:
 class RedisServer:
     """A Redis server on a free loopback port, nothing persisted."""
 
-    def __init__(self, *, base_dir: Path) -> None:
+    def __init__(self, *, base_dir: Path, port: int | None = None) -> None:
         self.host = LOOPBACK
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_dir = base_dir
         self.url = f"redis://{self.host}:{self.port}/0"
         self._process: ManagedProcess | None = None
 
+    def argv(self) -> list[str]:
+        return [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.base_dir),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+
     def spawn(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self._process = ManagedProcess(
-            name="redis",
-            argv=[
-                binary,
-                "--bind",
-                self.host,
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.base_dir),
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            log_path=self.base_dir / "redis.log",
-        )
+        self._process = ManagedProcess(name="redis", argv=self.argv(), log_path=self.base_dir / "redis.log")
         self._process.spawn()
 
     def wait_ready(self) -> None:

@@ -1,0 +1,413 @@
+"""`make up`: runs the whole platform on this machine, on loopback, under one small supervisor.
+
+Starts RabbitMQ, Redis and LiveKit (deploy/local/livekit.yaml), migrates and seeds the registry
+(SQLite), then the four services, the fake model server when no OpenAI key is set, the nginx
+gateway (deploy/local/nginx.conf, port 8080) and the console. Prints every program's output with its
+name in front, then the console URL and the demo login. Ctrl-C, SIGTERM or `make down` stops
+everything in reverse order. State (broker data, SQLite, generated secrets) lives in .local/.
+
+A program whose console script or files are not there yet is left out with a note, so the stack
+comes up with whatever parts exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agentline_common.testing.servers import (
+    LIVEKIT_BINARY,
+    RabbitMQServer,
+    RedisServer,
+    amqp_handshake_ok,
+    redis_ping_ok,
+)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+PID_FILE = LOCAL / "run" / "supervisor.pid"
+VENV_BIN = ROOT / ".venv" / "bin"
+HOST = "127.0.0.1"
+
+AMQP_PORT, REDIS_PORT, LIVEKIT_PORT, EPMD_PORT = 5672, 6379, 7880, 4369
+REGISTRY_PORT, TOKEN_PORT, TELEPHONY_PORT, WORKER_PORT = 8101, 8102, 8103, 8104
+FAKE_MODELS_PORT, GATEWAY_PORT, CONSOLE_PORT = 8109, 8080, 3000
+
+
+class LocalRunSettings(BaseSettings):
+    """What the person running `make up` may set in the environment."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    openai_api_key: SecretStr = SecretStr("")
+    """With a key, the worker talks to OpenAI (or OPENAI_BASE_URL); without, to the fake models."""
+    openai_base_url: str = "https://api.openai.com/v1"
+    demo_password: str = ""
+    """A fixed demo password; empty: the registry makes a new one and it is printed."""
+
+
+@dataclass
+class Program:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+    ready: Callable[[], bool] | None = None
+    essential: bool = False
+    """Infrastructure: if it dies, everything stops (the services would only fail one by one)."""
+    process: asyncio.subprocess.Process | None = None
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL
+            return bool(response.status < 500)
+
+    return check
+
+
+def load_secrets() -> dict[str, str]:
+    """Secrets for this clone's local run, made once and kept in .local/ (never committed)."""
+    path = LOCAL / "secrets.env"
+    if not path.exists():
+        LOCAL.mkdir(parents=True, exist_ok=True)
+        values = {
+            "LIVEKIT_API_KEY": f"APIlocal{secrets.token_hex(6)}",
+            "LIVEKIT_API_SECRET": secrets.token_urlsafe(48),
+            "TWILIO_AUTH_TOKEN": secrets.token_hex(32),
+        }
+        path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+        path.chmod(0o600)
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+def jwt_private_key_file() -> Path:
+    """The registry's signing key: kept, so users stay logged in across restarts."""
+    path = LOCAL / "jwt-private.pem"
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+    return path
+
+
+def console_script(name: str) -> str | None:
+    return shutil.which(name, path=str(VENV_BIN))
+
+
+def service_environment(secret: dict[str, str], settings: LocalRunSettings) -> dict[str, str]:
+    """What every service gets: the shared infrastructure's URLs and credentials (architecture.md)."""
+    fake_models = not settings.openai_api_key.get_secret_value()
+    return {
+        "ENVIRONMENT": "development",
+        "LOG_FORMAT": "console",
+        "AMQP_URL": f"amqp://guest:guest@{HOST}:{AMQP_PORT}/",
+        "REDIS_URL": f"redis://{HOST}:{REDIS_PORT}/0",
+        "LIVEKIT_URL": f"ws://{HOST}:{LIVEKIT_PORT}",
+        "LIVEKIT_PUBLIC_URL": f"ws://{HOST}:{LIVEKIT_PORT}",
+        "LIVEKIT_API_KEY": secret["LIVEKIT_API_KEY"],
+        "LIVEKIT_API_SECRET": secret["LIVEKIT_API_SECRET"],
+        "JWKS_URL": f"http://{HOST}:{REGISTRY_PORT}/.well-known/jwks.json",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{LOCAL / 'registry.db'}",
+        "JWT_PRIVATE_KEY_FILE": str(jwt_private_key_file()),
+        "TELEPHONY_DATABASE_URL": f"sqlite+aiosqlite:///{LOCAL / 'telephony.db'}",
+        "TWILIO_AUTH_TOKEN": secret["TWILIO_AUTH_TOKEN"],
+        "PUBLIC_BASE_URL": f"http://{HOST}:{GATEWAY_PORT}",
+        "OPENAI_BASE_URL": (
+            f"http://{HOST}:{FAKE_MODELS_PORT}/v1" if fake_models else settings.openai_base_url
+        ),
+        "OPENAI_API_KEY": ("fake-model-key" if fake_models else settings.openai_api_key.get_secret_value()),
+        "HEALTH_PORT": str(WORKER_PORT),
+    }
+
+
+def infrastructure(secret: dict[str, str]) -> list[Program]:
+    (LOCAL / "redis").mkdir(parents=True, exist_ok=True)
+    rabbitmq = RabbitMQServer(
+        base_dir=LOCAL / "rabbitmq",
+        port=AMQP_PORT,
+        dist_port=25672,
+        epmd_port=EPMD_PORT,
+        node_name="agentline@localhost",
+    )
+    redis = RedisServer(base_dir=LOCAL / "redis", port=REDIS_PORT)
+    livekit_keys = f"{secret['LIVEKIT_API_KEY']}: {secret['LIVEKIT_API_SECRET']}"
+    return [
+        Program(
+            "rabbitmq",
+            rabbitmq.argv(),
+            env=rabbitmq.environment(),
+            cwd=rabbitmq.base_dir,
+            ready=lambda: amqp_handshake_ok(HOST, AMQP_PORT),
+            essential=True,
+        ),
+        Program(
+            "redis",
+            redis.argv(),
+            ready=lambda: redis_ping_ok(HOST, REDIS_PORT),
+            essential=True,
+        ),
+        Program(
+            "livekit",
+            [str(LIVEKIT_BINARY), "--config", str(ROOT / "deploy/local/livekit.yaml")],
+            env={"LIVEKIT_KEYS": livekit_keys},
+            ready=http_ok(f"http://{HOST}:{LIVEKIT_PORT}/"),
+            essential=True,
+        ),
+    ]
+
+
+def services(env: dict[str, str], *, fake_models: bool) -> list[Program]:
+    """The four services, the fake models, the gateway and the console: add new parts here."""
+    programs: list[Program] = []
+
+    def add(script: str, program: Program) -> None:
+        if console_script(script) is None:
+            print(f"[up] {program.name}: `{script}` not installed yet, left out", flush=True)
+            return
+        programs.append(program)
+
+    python = str(VENV_BIN / "python")
+    if fake_models:
+        programs.append(
+            Program(
+                "fake-models",
+                [python, "-m", "agentline_common.testing.fake_openai", "--port", str(FAKE_MODELS_PORT)],
+                ready=lambda: port_in_use(FAKE_MODELS_PORT),
+            )
+        )
+    add(
+        "agentline-registry",
+        Program(
+            "registry",
+            ["agentline-registry", "serve", "--port", str(REGISTRY_PORT)],
+            env={**env, "SERVICE_NAME": "agent-registry", "PORT": str(REGISTRY_PORT)},
+            ready=http_ok(f"http://{HOST}:{REGISTRY_PORT}/healthz"),
+        ),
+    )
+    add(
+        "agentline-token-service",
+        Program(
+            "token-service",
+            ["agentline-token-service"],
+            env={**env, "SERVICE_NAME": "token-service", "PORT": str(TOKEN_PORT)},
+            ready=http_ok(f"http://{HOST}:{TOKEN_PORT}/healthz"),
+        ),
+    )
+    add(
+        "agentline-telephony",
+        Program(
+            "telephony",
+            ["agentline-telephony", "serve"],
+            env={**env, "SERVICE_NAME": "telephony-gateway", "PORT": str(TELEPHONY_PORT)},
+            ready=http_ok(f"http://{HOST}:{TELEPHONY_PORT}/healthz"),
+        ),
+    )
+    add(
+        "agentline-worker",
+        Program(
+            "worker",
+            ["agentline-worker"],
+            env={**env, "SERVICE_NAME": "agent-worker"},
+            ready=http_ok(f"http://{HOST}:{WORKER_PORT}/healthz"),
+        ),
+    )
+    nginx_conf = ROOT / "deploy/local/nginx.conf"
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if nginx_conf.exists() and Path(nginx).exists():
+        prefix = LOCAL / "nginx"
+        prefix.mkdir(parents=True, exist_ok=True)
+        programs.append(
+            Program(
+                "gateway",
+                [nginx, "-p", str(prefix), "-c", str(nginx_conf), "-e", "stderr"],
+                ready=lambda: port_in_use(GATEWAY_PORT),
+            )
+        )
+    if (ROOT / "frontend/package.json").exists() and (ROOT / "frontend/node_modules").exists():
+        programs.append(
+            Program(
+                "console",
+                ["npm", "run", "dev", "--", "--hostname", HOST, "--port", str(CONSOLE_PORT)],
+                env={"NEXT_TELEMETRY_DISABLED": "1", "NEXT_PUBLIC_API_BASE_URL": ""},
+                cwd=ROOT / "frontend",
+                ready=lambda: port_in_use(CONSOLE_PORT),
+            )
+        )
+    return programs
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.running: list[Program] = []
+        self.stopping = asyncio.Event()
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def start(self, program: Program, *, timeout: float = 120.0) -> None:
+        program.process = await asyncio.create_subprocess_exec(
+            *program.argv,
+            cwd=program.cwd,
+            env={**os.environ, **program.env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running.append(program)
+        self._relays.add(asyncio.create_task(self._relay(program)))
+        if program.ready is None:
+            return
+        ready = program.ready
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if program.process.returncode is not None:
+                raise RuntimeError(f"{program.name} exited with {program.process.returncode}")
+            with contextlib.suppress(OSError):
+                if await asyncio.to_thread(ready):
+                    print(f"[up] {program.name} ready", flush=True)
+                    return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{program.name} not ready after {timeout:.0f} s")
+
+    async def _relay(self, program: Program) -> None:
+        assert program.process is not None and program.process.stdout is not None
+        async for line in program.process.stdout:
+            text = line.decode(errors="replace").rstrip()
+            print(f"[{program.name}] {text}", flush=True)
+        code = await program.process.wait()
+        if not self.stopping.is_set():
+            print(f"[up] {program.name} exited with {code}", flush=True)
+            if program.essential:
+                self.stopping.set()
+
+    async def run_once(self, name: str, argv: list[str], env: dict[str, str]) -> str:
+        """Run a one-shot command (migration, seeding); its output's last line is returned."""
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await process.communicate()
+        lines = output.decode(errors="replace").strip().splitlines()
+        if process.returncode != 0:
+            print("\n".join(f"[{name}] {line}" for line in lines), flush=True)
+            raise RuntimeError(f"{name} failed with {process.returncode}")
+        return lines[-1] if lines else ""
+
+    async def stop_all(self) -> None:
+        self.stopping.set()
+        for program in reversed(self.running):
+            process = program.process
+            if process is None or process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            print(f"[up] {program.name} stopped", flush=True)
+        if any(program.name == "rabbitmq" for program in self.running):
+            # Erlang's port mapper daemonizes itself, outside the broker's process group.
+            epmd = await asyncio.create_subprocess_exec(
+                shutil.which("epmd") or "/usr/bin/epmd",
+                "-port",
+                str(EPMD_PORT),
+                "-kill",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await epmd.wait()
+
+
+async def main(settings: LocalRunSettings) -> int:
+    busy = [
+        port
+        for port in (AMQP_PORT, REDIS_PORT, LIVEKIT_PORT, REGISTRY_PORT, TOKEN_PORT, GATEWAY_PORT)
+        if port_in_use(port)
+    ]
+    if busy:
+        print(f"[up] ports already in use: {busy} (is `make up` running? `make down` stops it)")
+        return 1
+    secret = load_secrets()
+    env = service_environment(secret, settings)
+    fake_models = not settings.openai_api_key.get_secret_value()
+    supervisor = Supervisor()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.stopping.set)
+    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+    PID_FILE.write_text(str(os.getpid()))
+    try:
+        await asyncio.gather(*(supervisor.start(p) for p in infrastructure(secret)))
+        login = None
+        if console_script("agentline-registry"):
+            await supervisor.run_once("registry-migrate", ["agentline-registry", "migrate"], env)
+            seed = ["agentline-registry", "seed-demo"]
+            if settings.demo_password:
+                seed += ["--password", settings.demo_password]
+            login = json.loads(await supervisor.run_once("registry-seed", seed, env))
+        for program in services(env, fake_models=fake_models):
+            await supervisor.start(program)
+        print_banner(login, fake_models=fake_models)
+        await supervisor.stopping.wait()
+        return 0
+    except RuntimeError as error:
+        print(f"[up] FAILED: {error}", flush=True)
+        return 1
+    finally:
+        await supervisor.stop_all()
+        PID_FILE.unlink(missing_ok=True)
+
+
+def print_banner(login: dict[str, str] | None, *, fake_models: bool) -> None:
+    lines = [
+        "",
+        "Agentline is running.",
+        f"  Console:  http://{HOST}:{GATEWAY_PORT}/",
+        f"  API:      http://{HOST}:{GATEWAY_PORT}/api/v1",
+        f"  LiveKit:  ws://{HOST}:{LIVEKIT_PORT}",
+    ]
+    if login:
+        lines += [f"  Login:    {login['email']} / {login['password']}"]
+    if fake_models:
+        lines += ["  Models:   the offline fake model server (set OPENAI_API_KEY for real ones)"]
+    lines += ["Stop with Ctrl-C or `make down`.", ""]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    sys.exit(asyncio.run(main(LocalRunSettings())))
