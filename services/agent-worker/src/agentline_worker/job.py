@@ -1,0 +1,261 @@
+"""The LiveKit side of a call: accept a dispatch, plan it, look the agent up, run the session, and
+report `session.started` / `session.ended` on the bus however it ends.
+
+Runs in livekit-agents' job processes (one per call). Each job opens its own bus, Redis and HTTP
+clients: they are bound to the job's event loop, and a call's lifetime is what they need to live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from agentline_common.agents import AgentConfig
+from agentline_common.bus import Bus, PublishError
+from agentline_common.events import Event
+from agentline_common.logging import bind_correlation_id, configure_logging
+from agentline_common.registry_client import AgentNotFound, RegistryClient, RegistryUnavailable
+from agentline_common.rooms import PhoneRoom, parse_room_name
+from livekit import rtc
+from livekit.agents import AutoSubscribe, JobContext, JobProcess, JobRequest, room_io, vad
+from livekit.plugins import silero
+from redis.asyncio import Redis
+
+from agentline_worker.pipeline import CallRecord, build_session
+from agentline_worker.service import (
+    PhoneCallPlan,
+    PlanError,
+    SessionPlan,
+    accepts_room,
+    ended_event,
+    plan_session,
+    refusal,
+    session_id_for,
+    started_event,
+)
+from agentline_worker.settings import WorkerSettings
+
+log = structlog.get_logger()
+
+VAD_KEY = "vad"
+CALLER_WAIT_SECONDS = 30.0
+FINISH_WAIT_SECONDS = 20.0
+CALLER_KINDS = [
+    rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+    rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+]
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Per job process, before any job: logging, and the Silero model loaded from its wheel."""
+    settings = WorkerSettings()
+    configure_logging(service=settings.service_name, json=settings.json_logs, level=settings.log_level)
+    proc.userdata[VAD_KEY] = silero.VAD.load(min_silence_duration=settings.vad_silence_seconds)
+
+
+async def accept_job(request: JobRequest) -> None:
+    """In the main process: take dispatches for rooms named by our convention, refuse the rest."""
+    if not accepts_room(request.room.name):
+        log.warning("job.refused", room=request.room.name[:128], reason="room name")
+        await request.reject(terminate=True)
+        return
+    await request.accept(identity=f"agent-{request.id}", name="Agent")
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """One dispatched job: the call in `ctx.room`, from join to `session.ended`."""
+    settings = WorkerSettings()
+    call = Call(ctx, settings)
+    ctx.add_shutdown_callback(call.finish)
+    await call.start()
+
+
+@dataclass
+class Clients:
+    bus: Bus
+    redis: Redis
+    registry: RegistryClient
+    http: aiohttp.ClientSession
+
+    @classmethod
+    async def open(cls, settings: WorkerSettings) -> Clients:
+        bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
+        await bus.connect()
+        redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2)
+        registry = RegistryClient(bus=bus, redis=redis, timeout=settings.registry_timeout_seconds)
+        return cls(bus=bus, redis=redis, registry=registry, http=aiohttp.ClientSession())
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.redis.aclose()
+        await self.bus.close()
+
+
+class Call:
+    """One call's state across the job's callbacks."""
+
+    def __init__(self, ctx: JobContext, settings: WorkerSettings) -> None:
+        self._ctx = ctx
+        self._settings = settings
+        self._room_name = ctx.job.room.name
+        self._session_id = session_id_for(self._room_name, ctx.job.metadata)
+        self._clients: Clients | None = None
+        self._record = CallRecord()
+        self._agent: AgentConfig | None = None
+        self._ended: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        bind_correlation_id(self._session_id.hex)
+        structlog.contextvars.bind_contextvars(
+            session_id=str(self._session_id), room=self._room_name, job_id=self._ctx.job.id
+        )
+        self._ctx.room.on("disconnected", self._on_room_disconnected)
+        connected = asyncio.create_task(self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY))
+        try:
+            self._clients = await Clients.open(self._settings)
+        except Exception:
+            log.exception("call.clients_unavailable")
+            await connected
+            self._ctx.shutdown("broker unavailable")
+            return
+        await connected
+        log.info("call.joined")
+
+        caller = await self._wait_for_caller()
+        try:
+            plan = plan_session(
+                room_name=self._room_name,
+                metadata=self._ctx.job.metadata,
+                attributes=caller.attributes if caller else None,
+            )
+        except PlanError as error:
+            await self._refuse(str(error))
+            return
+        agent = await self._look_up(plan)
+        if agent is None:
+            return
+        self._agent = agent
+        if (reason := refusal(agent, plan)) is not None:
+            await self._refuse(reason)
+            return
+        await self._run(plan, agent, caller)
+
+    async def _wait_for_caller(self) -> rtc.RemoteParticipant | None:
+        """Phone rooms: the SIP caller, whose attributes say which number was dialled."""
+        if not isinstance(parse_room_name(self._room_name), PhoneRoom):
+            return None
+        try:
+            return await asyncio.wait_for(
+                self._ctx.wait_for_participant(kind=CALLER_KINDS), CALLER_WAIT_SECONDS
+            )
+        except TimeoutError:
+            return None
+
+    async def _look_up(self, plan: SessionPlan) -> AgentConfig | None:
+        assert self._clients is not None
+        registry = self._clients.registry
+        try:
+            if isinstance(plan, PhoneCallPlan):
+                return await registry.agent_by_number(plan.number)
+            return await registry.get_agent(plan.agent_id)
+        except AgentNotFound:
+            await self._refuse("no such agent")
+        except RegistryUnavailable as error:
+            await self._refuse(f"the registry did not answer: {error}")
+        return None
+
+    async def _run(self, plan: SessionPlan, agent: AgentConfig, caller: rtc.RemoteParticipant | None) -> None:
+        assert self._clients is not None
+        vad_model = self._ctx.proc.userdata.get(VAD_KEY)
+        session, voice_agent = build_session(
+            agent,
+            settings=self._settings,
+            vad_model=vad_model if isinstance(vad_model, vad.VAD) else None,
+            http=self._clients.http,
+            session_id=plan.session_id,
+            record=self._record,
+        )
+        session.on("close", lambda _event: self._on_session_closed())
+        options = room_io.RoomOptions(participant_kinds=CALLER_KINDS, close_on_disconnect=True)
+        if caller is not None:
+            options.participant_identity = caller.identity
+        self._record.started_at = time.time()
+        await session.start(voice_agent, room=self._ctx.room, room_options=options)
+        log.info("call.started", agent_id=str(agent.id), kind=type(plan).__name__)
+        await self._publish(
+            started_event(plan, agent, worker_id=self._ctx.worker_id, job_id=self._ctx.job.id)
+        )
+
+    def _on_room_disconnected(self, *_: object) -> None:
+        self._record.room_gone = True
+
+    def _on_session_closed(self) -> None:
+        """The session closed (hang-up, end_call, error, shutdown): report it, then leave."""
+        reason = self._record.reason
+        log.info("call.ended", reason=reason, close_reason=self._record.close_reason)
+        self._ended = asyncio.create_task(
+            self._publish(
+                ended_event(
+                    session_id=self._session_id,
+                    room_name=self._room_name,
+                    reason=reason,
+                    agent=self._agent,
+                    detail=self._record.error,
+                    duration_seconds=self._record.duration_seconds,
+                    transcript=self._record.transcript,
+                    turns=self._record.turns,
+                )
+            )
+        )
+        if reason == "end_call":
+            # Deleting the room hangs up the SIP caller and disconnects the browser.
+            self._ctx.delete_room()
+        self._ctx.shutdown(reason)
+
+    async def _refuse(self, detail: str) -> None:
+        """No call for this job: report `agent_unavailable` and leave the room."""
+        log.warning("call.refused", detail=detail)
+        room = parse_room_name(self._room_name)
+        self._ended = asyncio.create_task(
+            self._publish(
+                ended_event(
+                    session_id=self._session_id,
+                    room_name=self._room_name,
+                    reason="agent_unavailable",
+                    agent=self._agent,
+                    agent_id=getattr(room, "agent_id", None),
+                    detail=detail,
+                )
+            )
+        )
+        await self._ended
+        self._ctx.shutdown("agent_unavailable")
+
+    async def _publish(self, event: Event) -> None:
+        """Publish with a few bounded retries: a lost `session.ended` leaves a call open forever."""
+        assert self._clients is not None
+        delay = 0.2
+        for attempt in range(1, self._settings.publish_attempts + 1):
+            try:
+                await self._clients.bus.publish(event)
+            except PublishError as error:
+                log.warning("call.publish_failed", event_type=event.type, attempt=attempt, error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            log.info("call.published", event_type=event.type, event_id=str(event.id))
+            return
+        log.error("call.event_lost", event_type=event.type, event_id=str(event.id))
+
+    async def finish(self, reason: str) -> None:
+        """Job shutdown: wait for `session.ended` to be confirmed, then close the clients."""
+        if self._ended is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ended), FINISH_WAIT_SECONDS)
+            except TimeoutError:
+                log.error("call.ended_not_confirmed", reason=reason)
+        if self._clients is not None:
+            await self._clients.close()

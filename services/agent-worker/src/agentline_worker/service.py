@@ -1,0 +1,355 @@
+"""The worker's decisions, as plain functions: which call a job is, how a webhook is signed, what the
+model is told, how a session's end is named. Nothing here does I/O, so all of it is unit-tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from agentline_common.agents import AgentConfig, WebhookTool
+from agentline_common.events import (
+    SESSION_NAMESPACE,
+    EndReason,
+    SessionEnded,
+    SessionEndedData,
+    SessionStarted,
+    SessionStartedData,
+    TranscriptEntry,
+    TurnMetrics,
+    phone_session_id,
+)
+from agentline_common.rooms import InvalidRoomName, PhoneRoom, TestRoom, parse_room_name
+from jsonschema.validators import validator_for
+
+SIP_TRUNK_NUMBER = "sip.trunkPhoneNumber"
+SIP_CALLER_NUMBER = "sip.phoneNumber"
+SIP_CALL_SID = "sip.h.x-twilio-callsid"
+
+TIMESTAMP_HEADER = "X-Agentline-Timestamp"
+SIGNATURE_HEADER = "X-Agentline-Signature"
+SIGNATURE_VERSION = "v1"
+SIGNATURE_TOLERANCE_SECONDS = 300
+MAX_TOOL_RESULT_CHARS = 4000
+
+
+class PlanError(ValueError):
+    """The job cannot become a call: the message says why (it ends up in `session.ended`)."""
+
+
+@dataclass(frozen=True)
+class TestCallPlan:
+    """A browser test call: the agent by id, the session id minted by token-service."""
+
+    __test__ = False  # not a pytest test class
+
+    room_name: str
+    agent_id: uuid.UUID
+    session_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class PhoneCallPlan:
+    """A phone call: the agent by the dialled number, the session id derived from the CallSid."""
+
+    room_name: str
+    number: str
+    session_id: uuid.UUID
+    call_sid: str | None = None
+    caller_number: str | None = None
+
+
+SessionPlan = TestCallPlan | PhoneCallPlan
+
+
+def accepts_room(room_name: str) -> bool:
+    """Whether a dispatch for `room_name` is ours at all: only rooms named by our convention."""
+    try:
+        parse_room_name(room_name)
+    except InvalidRoomName:
+        return False
+    return True
+
+
+def fallback_session_id(room_name: str) -> uuid.UUID:
+    """The session id when nobody told us one: stable per room, so every writer agrees on it."""
+    return uuid.uuid5(SESSION_NAMESPACE, room_name)
+
+
+def session_id_for(room_name: str, metadata: str) -> uuid.UUID:
+    """The session id of `room_name`: from the dispatch metadata if it names one, else derived.
+
+    Used before the call is fully planned, so a refusal can still be reported on the right session.
+    """
+    try:
+        body = json.loads(metadata) if metadata else {}
+        return uuid.UUID(str(body["session_id"]))
+    except (ValueError, KeyError, TypeError):
+        return fallback_session_id(room_name)
+
+
+def plan_session(
+    *, room_name: str, metadata: str, attributes: Mapping[str, str] | None = None
+) -> SessionPlan:
+    """Turn a dispatch (room name, job metadata, the caller's participant attributes) into a plan.
+
+    Test rooms name their agent in the room and in the metadata (`{"agent_id", "session_id"}`); the
+    two must agree. Phone rooms name the dialled number; the SIP participant's trunk number must be
+    that same number, so a room cannot be named to reach another organisation's agent.
+    """
+    try:
+        room = parse_room_name(room_name)
+    except InvalidRoomName as error:
+        raise PlanError(str(error)) from error
+    if isinstance(room, TestRoom):
+        return _plan_test_call(room, metadata)
+    return _plan_phone_call(room, attributes or {})
+
+
+def _plan_test_call(room: TestRoom, metadata: str) -> TestCallPlan:
+    try:
+        body = json.loads(metadata) if metadata else {}
+    except ValueError as error:
+        raise PlanError("the dispatch metadata is not JSON") from error
+    if not isinstance(body, dict):
+        raise PlanError("the dispatch metadata must be a JSON object")
+    named = body.get("agent_id")
+    if named is not None and str(named).lower() != str(room.agent_id):
+        raise PlanError("the dispatch metadata names another agent than the room")
+    return TestCallPlan(
+        room_name=room.name,
+        agent_id=room.agent_id,
+        session_id=session_id_for(room.name, metadata),
+    )
+
+
+def _plan_phone_call(room: PhoneRoom, attributes: Mapping[str, str]) -> PhoneCallPlan:
+    trunk_number = attributes.get(SIP_TRUNK_NUMBER)
+    if trunk_number is None:
+        raise PlanError(f"the caller has no {SIP_TRUNK_NUMBER} attribute to check the number with")
+    if trunk_number != room.number:
+        raise PlanError("the SIP trunk number does not match the number in the room name")
+    call_sid = attributes.get(SIP_CALL_SID) or None
+    return PhoneCallPlan(
+        room_name=room.name,
+        number=room.number,
+        session_id=phone_session_id(call_sid) if call_sid else fallback_session_id(room.name),
+        call_sid=call_sid,
+        caller_number=attributes.get(SIP_CALLER_NUMBER) or None,
+    )
+
+
+def refusal(agent: AgentConfig, plan: SessionPlan) -> str | None:
+    """Why `agent` must not take this call, or None when it may."""
+    if not agent.active:
+        return "the agent is inactive"
+    if isinstance(plan, PhoneCallPlan) and plan.number not in agent.phone_numbers:
+        return "the number is no longer bound to this agent"
+    if isinstance(plan, TestCallPlan) and agent.id != plan.agent_id:
+        return "the registry answered for another agent"
+    return None
+
+
+# webhook tools
+
+
+def argument_errors(schema: Mapping[str, Any], arguments: Any) -> str | None:
+    """A message naming every argument that breaks the tool's JSON schema, or None when valid."""
+    validator = validator_for(schema)(schema)
+    problems = sorted(validator.iter_errors(arguments), key=lambda error: list(error.path))
+    if not problems:
+        return None
+    described = []
+    for problem in problems[:5]:
+        where = "/".join(str(part) for part in problem.path) or "(arguments)"
+        described.append(f"{where}: {problem.message}")
+    return "; ".join(described)
+
+
+def signature(secret: bytes, *, timestamp: int, payload: bytes) -> str:
+    """HMAC-SHA256 over ``"{timestamp}." + payload``, as sent in the signature header."""
+    digest = hmac.new(secret, f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify_signature(secret: bytes, *, timestamp: str, payload: bytes, header: str, now: float) -> bool:
+    """What a webhook receiver checks: a fresh timestamp and a matching signature."""
+    try:
+        sent_at = int(timestamp)
+    except ValueError:
+        return False
+    if abs(now - sent_at) > SIGNATURE_TOLERANCE_SECONDS:
+        return False
+    return hmac.compare_digest(signature(secret, timestamp=sent_at, payload=payload), header)
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One HTTP request of a webhook tool, ready to send."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+
+
+def webhook_request(
+    tool: WebhookTool,
+    arguments: Mapping[str, Any],
+    *,
+    secret: bytes | None,
+    timestamp: int,
+    session_id: uuid.UUID | None,
+    agent_id: uuid.UUID,
+) -> WebhookRequest:
+    """The request for a call of `tool`: JSON body (query string for GET), signed when it has a secret.
+
+    The signed payload is the body, or the query string for GET, so the receiver verifies exactly
+    the bytes it parses.
+    """
+    headers = {
+        "User-Agent": "agentline-worker",
+        "X-Agentline-Tool": tool.name,
+        "X-Agentline-Agent-Id": str(agent_id),
+    }
+    if session_id is not None:
+        headers["X-Agentline-Session-Id"] = str(session_id)
+    url = str(tool.url)
+    body: bytes | None
+    if tool.method == "GET":
+        payload = urlencode(
+            {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
+        ).encode()
+        if payload:
+            url = f"{url}{'&' if '?' in url else '?'}{payload.decode()}"
+        body = None
+    else:
+        payload = json.dumps(dict(arguments), separators=(",", ":"), sort_keys=True).encode()
+        headers["Content-Type"] = "application/json"
+        body = payload
+    if secret is not None:
+        headers[TIMESTAMP_HEADER] = str(timestamp)
+        headers[SIGNATURE_HEADER] = signature(secret, timestamp=timestamp, payload=payload)
+    return WebhookRequest(method=tool.method, url=url, headers=headers, body=body)
+
+
+def tool_result_text(*, status: int, body: str) -> str:
+    """What the model reads after a webhook answered 2xx: the body, bounded."""
+    text = body.strip() or f"(HTTP {status}, empty answer)"
+    return text[:MAX_TOOL_RESULT_CHARS]
+
+
+def tool_failure_text(tool_name: str, *, status: int | None, body: str = "") -> str:
+    """What the model reads when a webhook failed, so it can tell the caller instead of guessing."""
+    if status is None:
+        return f"The tool {tool_name} could not be reached. Tell the caller it is unavailable."
+    detail = body.strip()[:300]
+    suffix = f": {detail}" if detail else ""
+    return f"The tool {tool_name} failed with HTTP {status}{suffix}"
+
+
+# transcript, metrics, end reasons
+
+
+def transcript_entry(*, role: str, text: str | None, created_at: float) -> TranscriptEntry | None:
+    """A chat message as a transcript line; None for roles and empty texts the caller never heard."""
+    if role not in ("user", "assistant") or not text or not text.strip():
+        return None
+    return TranscriptEntry(
+        role="agent" if role == "assistant" else "user",
+        text=text.strip(),
+        at=datetime.fromtimestamp(created_at, UTC),
+    )
+
+
+def turn_metrics(
+    agent_metrics: Mapping[str, Any], user_metrics: Mapping[str, Any] | None
+) -> TurnMetrics | None:
+    """One exchange's latencies (ms), from livekit-agents' per-message metrics.
+
+    Only replies to the user's speech count as turns: the greeting and replies to text have no
+    end of user speech, so no `e2e_latency`.
+    """
+    e2e = agent_metrics.get("e2e_latency")
+    if e2e is None:
+        return None
+
+    def ms(value: Any) -> float | None:
+        return round(float(value) * 1000, 1) if isinstance(value, int | float) else None
+
+    return TurnMetrics(
+        latency_ms=ms(e2e),
+        stt_ms=ms((user_metrics or {}).get("transcription_delay")),
+        llm_ttft_ms=ms(agent_metrics.get("llm_node_ttft")),
+        tts_ttfb_ms=ms(agent_metrics.get("tts_node_ttfb")),
+    )
+
+
+def end_reason(
+    close_reason: str,
+    *,
+    ended_by_tool: bool,
+    room_gone: bool,
+) -> EndReason:
+    """Name how a session ended, from livekit-agents' close reason and what the worker saw.
+
+    The worker itself closes a session only through end_call; any other "user_initiated" or
+    "job_shutdown" close comes from the job being stopped, i.e. the worker shutting down, unless
+    the room went away first.
+    """
+    if ended_by_tool:
+        return "end_call"
+    if close_reason == "participant_disconnected":
+        return "user_hangup"
+    if close_reason == "error":
+        return "error"
+    if room_gone:
+        return "room_finished"
+    if close_reason in ("user_initiated", "job_shutdown"):
+        return "worker_shutdown"
+    return "completed"
+
+
+def started_event(plan: SessionPlan, agent: AgentConfig, *, worker_id: str, job_id: str) -> SessionStarted:
+    """`session.started`: the worker joined the room and the agent is live."""
+    return SessionStarted(
+        org_id=agent.org_id,
+        agent_id=agent.id,
+        session_id=plan.session_id,
+        data=SessionStartedData(room_name=plan.room_name, worker=worker_id, job=job_id),
+    )
+
+
+def ended_event(
+    *,
+    session_id: uuid.UUID,
+    room_name: str,
+    reason: EndReason,
+    agent: AgentConfig | None = None,
+    agent_id: uuid.UUID | None = None,
+    detail: str | None = None,
+    duration_seconds: float | None = None,
+    transcript: list[TranscriptEntry] | None = None,
+    turns: list[TurnMetrics] | None = None,
+) -> SessionEnded:
+    """`session.ended`, for a call that ran or one that was refused before it began."""
+    return SessionEnded(
+        org_id=agent.org_id if agent else None,
+        agent_id=agent.id if agent else agent_id,
+        session_id=session_id,
+        data=SessionEndedData(
+            reason=reason,
+            detail=detail[:500] if detail else None,
+            room_name=room_name,
+            duration_seconds=duration_seconds,
+            transcript=transcript or [],
+            turns=turns or [],
+        ),
+    )

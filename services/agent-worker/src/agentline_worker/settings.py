@@ -1,0 +1,46 @@
+"""The worker's settings, read from the environment (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+from agentline_common.settings import CommonSettings
+from pydantic import Field, SecretStr
+
+
+class WorkerSettings(CommonSettings):
+    """What the worker needs beyond the shared infrastructure: its LiveKit name, models, secrets."""
+
+    service_name: str = "agent-worker"
+
+    agent_name: str = "agentline-agent"
+    """The name LiveKit dispatches by (explicit dispatch): tokens and SIP rules must use it."""
+
+    openai_base_url: str = "https://api.openai.com/v1"
+    """Any OpenAI-compatible server: OpenAI itself, a local model server, or the fake one."""
+    openai_api_key: SecretStr = SecretStr("")
+
+    tool_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Signing secrets of webhook tools as JSON ``{"secret_ref": "secret"}``; agents name a ref."""
+
+    health_host: str = "127.0.0.1"
+    health_port: int = 8104
+
+    vad_silence_seconds: float = Field(default=0.35, ge=0.05, le=5.0)
+    """Silence after which Silero VAD says the user stopped speaking."""
+    endpointing_delay_seconds: float = Field(default=0.2, ge=0.0, le=5.0)
+    """Further wait after the VAD's end of speech before the user's turn is over."""
+    num_idle_processes: int = Field(default=1, ge=0, le=32)
+    """Warm job processes kept ready, so a dispatch does not wait for a process to start."""
+    drain_timeout_seconds: int = Field(default=900, ge=1)
+    """How long SIGTERM waits for calls in progress before the worker exits anyway."""
+    load_threshold: float = Field(default=0.9, gt=0)
+    """CPU load (0..1) above which the worker tells LiveKit it is full; above 1 never full."""
+    job_memory_limit_mb: float = Field(default=0, ge=0)
+    """Kill a job process above this (0: no limit)."""
+
+    registry_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
+    publish_attempts: int = Field(default=5, ge=1, le=20)
+
+    @property
+    def end_of_speech_seconds(self) -> float:
+        """The configured silence between the end of the user's speech and the end of their turn."""
+        return self.vad_silence_seconds + self.endpointing_delay_seconds

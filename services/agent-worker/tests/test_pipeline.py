@@ -1,0 +1,316 @@
+"""The voice pipeline in text mode: the real AgentSession of a call, driven by text against the fake
+model server, with webhook tools calling a real HTTP server on loopback that checks signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from agentline_common.agents import AgentConfig, WebhookTool
+from agentline_common.testing.fake_openai import ChatReply, FakeOpenAI
+from agentline_worker.pipeline import CallRecord, build_session
+from agentline_worker.service import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from agentline_worker.settings import WorkerSettings
+from aiohttp import web
+from livekit.agents import AgentSession, CloseEvent, vad
+from livekit.agents.voice.run_result import (
+    ChatMessageEvent,
+    FunctionCallEvent,
+    FunctionCallOutputEvent,
+    RunResult,
+)
+from livekit.plugins import silero
+from pydantic import SecretStr
+
+pytestmark = pytest.mark.integration
+
+SECRET_REF = "orders"
+GREETING = "Hello, you are through to Acme. How can I help?"
+
+
+@dataclass
+class WebhookServer:
+    """A tool's backend on loopback: verifies the signature and answers per `mode`."""
+
+    secret: bytes
+    mode: str = "ok"
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/orders"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        verified = verify_signature(
+            self.secret,
+            timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
+            payload=body,
+            header=request.headers.get(SIGNATURE_HEADER, ""),
+            now=time.time(),
+        )
+        self.calls.append({"verified": verified, "body": body, "headers": dict(request.headers)})
+        if not verified:
+            return web.json_response({"error": "bad signature"}, status=401)
+        if self.mode == "slow":
+            await asyncio.sleep(5)
+        if self.mode == "error":
+            return web.json_response({"error": "database on fire"}, status=500)
+        order = json.loads(body)["order_id"]
+        return web.json_response({"order_id": order, "status": "shipped yesterday"})
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def webhook() -> AsyncIterator[WebhookServer]:
+    server = WebhookServer(secret=secrets.token_urlsafe(32).encode())
+    app = web.Application()
+    app.router.add_post("/orders", server.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.port = runner.addresses[0][1]
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+def agent_config(*, webhook: WebhookServer | None = None, timeout: float = 5.0) -> AgentConfig:
+    tools = []
+    if webhook is not None:
+        tools.append(
+            WebhookTool(
+                name="lookup_order",
+                description="Look up an order's delivery status.",
+                parameters={
+                    "type": "object",
+                    "properties": {"order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"}},
+                    "required": ["order_id"],
+                    "additionalProperties": False,
+                },
+                url=webhook.url,
+                timeout_seconds=timeout,
+                secret_ref=SECRET_REF,
+            )
+        )
+    return AgentConfig(
+        id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
+        name="Acme support",
+        active=True,
+        instructions="You are Acme's support agent.",
+        first_message=GREETING,
+        temperature=0.3,
+        tools=tools,
+    )
+
+
+@dataclass
+class TextCall:
+    session: AgentSession
+    record: CallRecord
+    closed: asyncio.Future[CloseEvent]
+    greeting: RunResult
+
+
+@pytest.fixture(scope="session")
+def vad_model() -> vad.VAD:
+    """Silero, loaded from its wheel (no download), as the job processes load it."""
+    return silero.VAD.load()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def start_call(
+    config: AgentConfig,
+    *,
+    fake: FakeOpenAI,
+    http: aiohttp.ClientSession,
+    vad_model: vad.VAD,
+    secret: bytes = b"",
+) -> TextCall:
+    settings = WorkerSettings(
+        openai_base_url=fake.base_url,
+        openai_api_key=SecretStr(fake.api_key or ""),
+        tool_secrets={SECRET_REF: SecretStr(secret.decode())} if secret else {},
+    )
+    record = CallRecord()
+    session, agent = build_session(
+        config, settings=settings, vad_model=vad_model, http=http, session_id=uuid.uuid4(), record=record
+    )
+    closed: asyncio.Future[CloseEvent] = asyncio.get_running_loop().create_future()
+    session.on("close", lambda event: closed.done() or closed.set_result(event))
+    greeting = await session.start(agent, capture_run=True)
+    return TextCall(session=session, record=record, closed=closed, greeting=greeting)
+
+
+def messages(result: RunResult) -> list[str]:
+    return [e.item.text_content or "" for e in result.events if isinstance(e, ChatMessageEvent)]
+
+
+async def test_the_agent_greets_with_its_first_message(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, vad_model: vad.VAD
+) -> None:
+    call = await start_call(agent_config(), fake=fake_openai, http=http, vad_model=vad_model)
+    try:
+        assert messages(call.greeting) == [GREETING]
+        assert fake_openai.chat_requests == []  # the greeting is said, not generated
+        fake_openai.reply("We open at nine.")
+        result = await call.session.run(user_input="When do you open?")
+        assert messages(result) == ["We open at nine."]
+        sent = fake_openai.chat_requests[0].body
+        assert sent["messages"][0] == {"role": "system", "content": "You are Acme's support agent."}
+        assert sent["temperature"] == 0.3
+        assert [t["function"]["name"] for t in sent["tools"]] == ["end_call"]
+        assert [(t.role, t.text) for t in call.record.transcript] == [
+            ("agent", GREETING),
+            ("user", "When do you open?"),
+            ("agent", "We open at nine."),
+        ]
+    finally:
+        await call.session.aclose()
+
+
+async def test_a_tool_call_reaches_the_webhook_signed(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    call = await start_call(
+        agent_config(webhook=webhook), fake=fake_openai, http=http, vad_model=vad_model, secret=webhook.secret
+    )
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17"})
+        fake_openai.reply("Your order A-17 shipped yesterday.")
+        result = await call.session.run(user_input="Where is order A-17?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert len(outputs) == 1 and not outputs[0].is_error
+        assert json.loads(outputs[0].output) == {"order_id": "A-17", "status": "shipped yesterday"}
+        assert messages(result) == ["Your order A-17 shipped yesterday."]
+        assert [c["verified"] for c in webhook.calls] == [True]
+        assert webhook.calls[0]["headers"]["X-Agentline-Tool"] == "lookup_order"
+        tool_message = fake_openai.chat_requests[1].body["messages"][-1]
+        assert tool_message["role"] == "tool" and "shipped yesterday" in tool_message["content"]
+        schema = next(
+            t for t in fake_openai.chat_requests[0].body["tools"] if t["function"]["name"] == "lookup_order"
+        )
+        assert schema["function"]["parameters"]["required"] == ["order_id"]
+    finally:
+        await call.session.aclose()
+
+
+async def test_invalid_arguments_are_told_to_the_model_without_a_request(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    call = await start_call(
+        agent_config(webhook=webhook), fake=fake_openai, http=http, vad_model=vad_model, secret=webhook.secret
+    )
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "seventeen"})
+        fake_openai.reply("Could you repeat the order number?")
+        result = await call.session.run(user_input="Where is my order?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert outputs[0].is_error and "order_id" in outputs[0].output
+        assert webhook.calls == []
+        assert messages(result) == ["Could you repeat the order number?"]
+    finally:
+        await call.session.aclose()
+
+
+async def test_a_slow_tool_times_out_and_the_session_goes_on(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    webhook.mode = "slow"
+    config = agent_config(webhook=webhook, timeout=0.5)
+    call = await start_call(config, fake=fake_openai, http=http, vad_model=vad_model, secret=webhook.secret)
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-1"})
+        fake_openai.reply("Sorry, our order system is slow right now.")
+        started = time.monotonic()
+        result = await call.session.run(user_input="Where is order A-1?")
+        assert time.monotonic() - started < 4
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert outputs[0].is_error and "did not answer within 0.5 seconds" in outputs[0].output
+        assert messages(result) == ["Sorry, our order system is slow right now."]
+        fake_openai.reply("Anything else?")
+        assert messages(await call.session.run(user_input="OK")) == ["Anything else?"]
+    finally:
+        await call.session.aclose()
+
+
+async def test_a_failing_tool_is_reported_to_the_model(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    webhook.mode = "error"
+    call = await start_call(
+        agent_config(webhook=webhook), fake=fake_openai, http=http, vad_model=vad_model, secret=webhook.secret
+    )
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-2"})
+        fake_openai.reply("I cannot look that up right now.")
+        result = await call.session.run(user_input="Where is order A-2?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert outputs[0].is_error
+        assert "HTTP 500" in outputs[0].output and "database on fire" in outputs[0].output
+        assert messages(result) == ["I cannot look that up right now."]
+    finally:
+        await call.session.aclose()
+
+
+async def test_an_unsigned_call_is_refused_by_the_receiver(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    """Without the secret the worker still calls, unsigned; a checking receiver refuses it."""
+    call = await start_call(agent_config(webhook=webhook), fake=fake_openai, http=http, vad_model=vad_model)
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-3"})
+        fake_openai.reply("The order service refused me.")
+        result = await call.session.run(user_input="Where is order A-3?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert outputs[0].is_error and "HTTP 401" in outputs[0].output
+        assert [c["verified"] for c in webhook.calls] == [False]
+    finally:
+        await call.session.aclose()
+
+
+async def test_end_call_closes_the_session_after_the_goodbye(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, vad_model: vad.VAD
+) -> None:
+    call = await start_call(agent_config(), fake=fake_openai, http=http, vad_model=vad_model)
+    fake_openai.reply_tool_call("end_call", {})
+    fake_openai.reply("Goodbye, have a nice day!")
+    result = call.session.run(user_input="That's all, bye.")
+    closed = await asyncio.wait_for(call.closed, 10)
+    assert call.record.ended_by_tool
+    assert call.record.reason == "end_call"
+    assert closed.reason.value == "user_initiated"
+    calls = [e.item.name for e in result.events if isinstance(e, FunctionCallEvent)]
+    assert calls == ["end_call"]
+    assert call.record.transcript[-1].text == "Goodbye, have a nice day!"
+
+
+async def test_a_model_error_ends_nothing_but_the_turn(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, vad_model: vad.VAD
+) -> None:
+    """A failing model answer is retried by livekit-agents; the scripted retry then succeeds."""
+    call = await start_call(agent_config(), fake=fake_openai, http=http, vad_model=vad_model)
+    try:
+        fake_openai.reply(ChatReply(text="overloaded", status=500), "Recovered answer.")
+        result = await call.session.run(user_input="Hello?")
+        assert messages(result) == ["Recovered answer."]
+        assert not call.closed.done()
+    finally:
+        await call.session.aclose()
