@@ -7,6 +7,7 @@ import { useCallback, useEffect, useState } from "react";
 import { AgentConfig } from "@/components/agents/agent-config";
 import { AgentStatusBadge } from "@/components/agents/agent-status-badge";
 import { SessionLog } from "@/components/agents/session-log";
+import { TestAgentButton } from "@/components/agents/test-agent-button";
 import { TestCallModal } from "@/components/agents/test-call-modal";
 import { PageHeader } from "@/components/layout/page-header";
 import { useTestCall } from "@/hooks/use-test-call";
@@ -77,8 +78,6 @@ export default function AgentDetailPage() {
   }
   if (!agent) return <p className="muted">Loading agent…</p>;
 
-  const inactiveReason = agent.active ? null : "This agent is inactive. Activate it to start a test call.";
-
   return (
     <>
       <PageHeader
@@ -97,22 +96,7 @@ export default function AgentDetailPage() {
             <button type="button" className="btn" onClick={toggleActive} disabled={toggling}>
               {agent.active ? "Deactivate" : "Activate"}
             </button>
-            <div className={styles.testAction}>
-              <button
-                type="button"
-                className="btn btn-primary"
-                onClick={startTestCall}
-                disabled={!agent.active}
-                aria-describedby={inactiveReason ? "test-disabled-reason" : undefined}
-              >
-                Test Agent
-              </button>
-              {inactiveReason && (
-                <span id="test-disabled-reason" className={styles.reason}>
-                  {inactiveReason}
-                </span>
-              )}
-            </div>
+            <TestAgentButton active={agent.active} onStart={startTestCall} />
           </>
         }
       />
