@@ -103,10 +103,11 @@ def pod_spec(resource: dict[str, Any]) -> dict[str, Any] | None:
     """The pod spec of a workload, wherever its kind keeps it."""
     spec = resource.get("spec", {})
     if resource["kind"] == "CronJob":
-        return spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
-    if resource["kind"] in WORKLOAD_KINDS:
-        return spec.get("template", {}).get("spec")
-    return None
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    elif resource["kind"] not in WORKLOAD_KINDS:
+        return None
+    found: dict[str, Any] | None = spec.get("template", {}).get("spec")
+    return found
 
 
 def pod_labels(resource: dict[str, Any]) -> dict[str, str]:
@@ -201,9 +202,7 @@ def probe_path(container: dict[str, Any], probe: str) -> str | None:
 def check_agentline_services(report: Report, documents: list[dict[str, Any]]) -> None:
     """Our services' probes hit /healthz and /readyz; the worker outlives a call; HPAs exist."""
     deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
-    config = {
-        d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"
-    }
+    config = {d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"}
     for name in (*HTTP_SERVICES, WORKER):
         deployment = deployments.get(name)
         if deployment is None:
@@ -222,8 +221,7 @@ def check_agentline_services(report: Report, documents: list[dict[str, Any]]) ->
     hpa_targets = {
         h["spec"]["scaleTargetRef"]["name"]
         for h in documents
-        if h["kind"] == "HorizontalPodAutoscaler"
-        and h["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        if h["kind"] == "HorizontalPodAutoscaler" and h["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     }
     for name in NEEDS_HPA:
         if name not in hpa_targets:
@@ -287,9 +285,7 @@ def check_no_secret_values(report: Report, documents: list[dict[str, Any]]) -> N
 
 def check_references(report: Report, documents: list[dict[str, Any]]) -> None:
     """Services select pods that exist and name their ports; Ingress backends exist."""
-    templates = [
-        (pod_labels(d), pod_spec(d) or {}) for d in documents if d["kind"] in LONG_RUNNING_KINDS
-    ]
+    templates = [(pod_labels(d), pod_spec(d) or {}) for d in documents if d["kind"] in LONG_RUNNING_KINDS]
     services: dict[str, set[str | int]] = {}
     for service in (d for d in documents if d["kind"] == "Service"):
         name = service["metadata"]["name"]
@@ -297,7 +293,11 @@ def check_references(report: Report, documents: list[dict[str, Any]]) -> None:
             p["port"] for p in service["spec"]["ports"]
         }
         selector = service["spec"].get("selector")
-        matches = [spec for labels, spec in templates if selector and selector_matches({"matchLabels": selector}, labels)]
+        matches = [
+            spec
+            for labels, spec in templates
+            if selector and selector_matches({"matchLabels": selector}, labels)
+        ]
         if not matches:
             report.fail(f"Service/{name}", "selects no pod template")
             continue
@@ -362,7 +362,8 @@ def check_routes(report: Report, documents: list[dict[str, Any]]) -> None:
 def check_network_policies(report: Report, documents: list[dict[str, Any]]) -> None:
     policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
     if not any(
-        p["spec"].get("podSelector") == {} and not p["spec"].get("ingress")
+        p["spec"].get("podSelector") == {}
+        and not p["spec"].get("ingress")
         and "Ingress" in p["spec"].get("policyTypes", [])
         for p in policies
     ):
@@ -380,9 +381,7 @@ def check_alerts(report: Report, documents: list[dict[str, Any]], docs: Path | N
     anchors: set[str] = set()
     if docs is not None:
         anchors = {
-            github_anchor(line.lstrip("#"))
-            for line in docs.read_text().splitlines()
-            if line.startswith("#")
+            github_anchor(line.lstrip("#")) for line in docs.read_text().splitlines() if line.startswith("#")
         }
     for resource in rules:
         for group in resource["spec"]["groups"]:
@@ -437,7 +436,11 @@ def stand_in(name: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def answer(self) -> None:
             body = json.dumps(
-                {"upstream": name, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+                {
+                    "upstream": name,
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                }
             ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -447,7 +450,7 @@ def stand_in(name: str) -> ThreadingHTTPServer:
 
         do_GET = do_POST = answer
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the checker prints its own findings."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -524,9 +527,7 @@ def gateway(conf_path: Path) -> int:
     report = Report()
     servers = {upstream: stand_in(name) for upstream, name in NGINX_UPSTREAMS.items()}
     with tempfile.TemporaryDirectory(prefix="agentline-gateway-") as prefix:
-        running = start_gateway(
-            conf_path, Path(prefix), {u: s.server_address[1] for u, s in servers.items()}
-        )
+        running = start_gateway(conf_path, Path(prefix), {u: s.server_address[1] for u, s in servers.items()})
         try:
             for url, expected in ROUTES:
                 status, answer = ask(running.port, url)
@@ -610,7 +611,9 @@ def check_python_dockerfile(report: Report, *, root: Path, service: Path, uv_ver
     elif uv_version is not None and tuple(map(int, pinned.group(1).split("."))) < tuple(
         map(int, uv_version.split(".")[:2])
     ):
-        report.fail(where, f"uv {pinned.group(1)} in the image is older than uv {uv_version} that wrote uv.lock")
+        report.fail(
+            where, f"uv {pinned.group(1)} in the image is older than uv {uv_version} that wrote uv.lock"
+        )
     check_dockerfile_copies(report, root=root, dockerfile=dockerfile)
 
 
@@ -624,13 +627,19 @@ def check_common_dockerfile(report: Report, *, where: str, dockerfile: Path) -> 
         report.fail(where, "the last USER is not a numeric non-root user")
 
 
+def local_uv_version() -> str | None:
+    """The version of the uv that manages uv.lock here; images must not bring an older one."""
+    uv = shutil.which("uv")
+    if uv is None:
+        return None
+    answer = subprocess.run([uv, "--version"], capture_output=True, text=True, check=False)  # noqa: S603
+    found = re.search(r"(\d+\.\d+\.\d+)", answer.stdout)
+    return found.group(1) if found else None
+
+
 def dockerfiles(root: Path) -> int:
     report = Report()
-    uv = shutil.which("uv")
-    uv_version = None
-    if uv is not None:
-        found = re.search(r"(\d+\.\d+\.\d+)", subprocess.run([uv, "--version"], capture_output=True, text=True, check=False).stdout)  # noqa: S603
-        uv_version = found.group(1) if found else None
+    uv_version = local_uv_version()
     services = sorted(p.parent for p in (root / "services").glob("*/pyproject.toml"))
     if not services:
         report.fail("services", "no service packages found")
@@ -651,7 +660,9 @@ def dockerfiles(root: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     manifests_parser = commands.add_parser("manifests")
     manifests_parser.add_argument("--docs", type=Path)
