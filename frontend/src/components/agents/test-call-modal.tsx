@@ -152,6 +152,7 @@ export function TestCallModal({ agentName, call, onClose }: { agentName: string;
         data-agent-state={call.agentState ?? ""}
         data-agent-audio={call.agentAudioPlaying ? "playing" : "silent"}
         data-muted={call.muted ? "true" : "false"}
+        data-room-name={call.roomName ?? ""}
       >
         <header className={styles.header}>
           <div>
