@@ -232,7 +232,7 @@ async def test_issue_announces_the_session_it_hands_out() -> None:
 
     [event] = publisher.published
     assert event.type == "session.requested"
-    assert event.data.room_name == token.room_name  # type: ignore[union-attr]
+    assert event.data.room_name == token.room_name
     assert rooms.saved[token.room_name].session_id == event.session_id
     claims = livekit_api.TokenVerifier(API_KEY, API_SECRET).verify(token.token)
     assert claims.room_config is not None

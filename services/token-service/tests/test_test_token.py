@@ -17,11 +17,12 @@ import jwt
 import pytest
 from agentline_common.events import SessionRequested
 from agentline_common.rooms import TestRoom, parse_room_name
-from agentline_common.testing.services import RegistryService, RegistryUser
+from agentline_common.testing.services import RegistryService, RegistryUser, TokenServiceProcess
 from agentline_token_service.service import LiveKitNotConfigured, generate_test_token
 from agentline_token_service.settings import TokenServiceSettings
 from cryptography.hazmat.primitives.asymmetric import rsa
 from livekit import api as livekit_api
+from livekit import rtc
 
 pytestmark = pytest.mark.integration
 
@@ -427,3 +428,21 @@ async def test_probes_and_metrics(client: httpx.AsyncClient, registry: RegistryS
         'agentline_http_request_duration_seconds_count{method="POST",'
         'route="/api/v1/agents/{agent_id}/test-token",status="200"} 1.0'
     ) in metrics
+
+
+async def test_the_served_token_service_hands_out_tokens_that_join(
+    token_service: TokenServiceProcess, registry: RegistryService
+) -> None:
+    """The console script, as other services' tests and `make up` run it, end to end."""
+    caller = new_tester(registry)
+
+    body = await asyncio.to_thread(token_service.test_token, caller.token, caller.agent_id)
+    refused = await asyncio.to_thread(token_service.test_token, caller.token, uuid.uuid4(), expect=404)
+
+    room = rtc.Room()
+    await room.connect(body["serverUrl"], body["token"], rtc.RoomOptions(auto_subscribe=False))
+    try:
+        assert room.name == body["roomName"]
+    finally:
+        await room.disconnect()
+    assert refused["detail"].startswith("no agent with id")
