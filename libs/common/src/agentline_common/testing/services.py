@@ -354,3 +354,123 @@ async def registry_bus(running_registry: RegistryService) -> AsyncIterator[Bus]:
         yield connected
     finally:
         await connected.close()
+
+
+# token-service ------------------------------------------------------------------------------------
+
+
+def token_service_command() -> list[str]:
+    """The token-service's console script from this venv, or the module as a fallback."""
+    script = shutil.which("agentline-token-service", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "agentline_token_service"]
+
+
+@dataclass
+class TokenServiceProcess:
+    """A running token-service on the registry's exchange and keys, minting for one LiveKit server.
+
+    `.test_token(user_token, agent_id)` asks for a test-call token as the console does;
+    `extra_env` overrides settings (e.g. `RATE_LIMIT_REQUESTS`, `AGENT_NAME`) before `start()`.
+    """
+
+    registry: RegistryService
+    livekit_url: str
+    livekit_api_key: str
+    livekit_api_secret: str
+    base_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.api_url}/livekit/webhook"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "token-service.log"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {
+            "ENVIRONMENT": "test",
+            "LOG_FORMAT": "json",
+            "AMQP_URL": self.registry.amqp_url,
+            "REDIS_URL": self.registry.redis_url,
+            "BUS_EXCHANGE": self.registry.exchange,
+            "JWKS_URL": self.registry.jwks_url,
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.livekit_api_key,
+            "LIVEKIT_API_SECRET": self.livekit_api_secret,
+            "HOST": LOOPBACK,
+            "PORT": str(self.port),
+            "RATE_LIMIT_REQUESTS": "1000",
+            **self.extra_env,
+        }
+
+    def start(self) -> None:
+        """Start the server and wait until /readyz says the broker and Redis are up."""
+        if self.is_running:
+            return
+        self.process = ManagedProcess(
+            name="agentline-token-service",
+            argv=token_service_command(),
+            log_path=self.log_path,
+            env=child_environment(self.environment),
+            cwd=self.base_dir,
+        )
+        self.process.spawn()
+        wait_until(self._ready, what="agentline-token-service", process=self.process, timeout=READY_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate(timeout=15.0)
+            self.process = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.process is not None
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def test_token(self, user_token: str, agent_id: uuid.UUID | str, *, expect: int = 200) -> dict[str, Any]:
+        """POST /agents/{agent_id}/test-token: {token, serverUrl, roomName, expiresAt} (or the error)."""
+        response = httpx.post(
+            f"{self.api_url}/agents/{agent_id}/test-token",
+            headers={"Authorization": f"Bearer {user_token}"},
+            timeout=10.0,
+        )
+        if response.status_code != expect:
+            raise RegistryError(f"test-token: expected {expect}, got {response.status_code}: {response.text}")
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture(scope="session")
+def token_service(registry_service: RegistryService, livekit_server: Any) -> Iterator[TokenServiceProcess]:
+    """A real token-service subprocess on the session's registry and LiveKit server."""
+    service = TokenServiceProcess(
+        registry=registry_service,
+        livekit_url=livekit_server.url,
+        livekit_api_key=livekit_server.api_key,
+        livekit_api_secret=livekit_server.api_secret,
+        base_dir=make_base_dir("token-service"),
+    )
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(service.base_dir, ignore_errors=True)
