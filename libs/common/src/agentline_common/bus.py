@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aio_pika
 import structlog
@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from agentline_common.events import Event, encode_event, parse_event
 from agentline_common.logging import CORRELATION_HEADER, bind_correlation_id, current_correlation_id
+from agentline_common.processed_events import Claim, ProcessedEvents
 
 log = structlog.get_logger()
 
@@ -85,14 +86,6 @@ class RpcFailure(RpcError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-class ProcessedEvents(Protocol):
-    """Remembers which events a consumer has already handled (idempotency on the event id)."""
-
-    async def is_processed(self, consumer: str, event_id: uuid.UUID) -> bool: ...
-
-    async def mark_processed(self, consumer: str, event_id: uuid.UUID) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -192,7 +185,10 @@ class Bus:
             headers={CORRELATION_HEADER: current_correlation_id() or ""},
         )
         try:
-            await exchange.publish(message, routing_key=event.type, mandatory=True, timeout=timeout)
+            # The timeout must cover the whole call: while disconnected, a robust channel waits for
+            # the reconnection before it even sends the frame.
+            async with asyncio.timeout(timeout):
+                await exchange.publish(message, routing_key=event.type, mandatory=True)
         except ReturnedError as error:
             raise Unroutable(f"{event.type} {event.id}: no queue is bound for it") from error
         except DeliveryError as error:
@@ -294,8 +290,9 @@ class Bus:
         """Call `method` on whichever service serves it and return its result."""
         try:
             _, exchange = self._require_channel()
-            reply_queue = await self._ensure_reply_queue()
-        except (BusUnavailable, *_CONNECTION_ERRORS) as error:
+            async with asyncio.timeout(timeout):
+                reply_queue = await self._ensure_reply_queue()
+        except (BusUnavailable, TimeoutError, *_CONNECTION_ERRORS) as error:
             raise RpcUnavailable(f"{method}: the message broker is unreachable") from error
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -365,25 +362,57 @@ class _EventDelivery:
             await message.reject(requeue=False)
             return
         try:
-            if await self._processed.is_processed(self._queue, event.id):
-                log.info("bus.duplicate_skipped", queue=self._queue, event_id=str(event.id))
-                await message.ack()
-                return
+            claim = await self._processed.claim(self._queue, event.id)
+        except Exception as error:
+            await self._retry_later(message, event, error)
+            return
+        if claim is not Claim.NEW:
+            await self._skip(message, event, claim)
+            return
+        try:
             await self._handler(event)
-            await self._processed.mark_processed(self._queue, event.id)
+        except Exception as error:
+            await self._forget_claim(event)
+            await self._retry_later(message, event, error)
+            return
+        try:
+            await self._processed.complete(self._queue, event.id)
+        except Exception as error:
+            # The work is committed; only the duplicate guard is late. The claim still blocks copies
+            # until it lapses, which is the best we can do without the store.
+            log.warning(
+                "bus.completion_not_recorded", queue=self._queue, event_id=str(event.id), error=repr(error)
+            )
+        await message.ack()
+
+    async def _forget_claim(self, event: Event) -> None:
+        try:
+            await self._processed.release(self._queue, event.id)
         except Exception as error:
             log.warning(
-                "bus.handler_failed",
-                queue=self._queue,
-                event_id=str(event.id),
-                event_type=event.type,
-                delivery_count=headers.get("x-delivery-count", 0),
-                error=repr(error)[:500],
+                "bus.claim_not_released", queue=self._queue, event_id=str(event.id), error=repr(error)
             )
-            await asyncio.sleep(0.05)
+
+    async def _skip(self, message: AbstractIncomingMessage, event: Event, claim: Claim) -> None:
+        log.info("bus.duplicate_skipped", queue=self._queue, event_id=str(event.id), claim=claim.value)
+        if claim is Claim.DONE:
+            await message.ack()
+        else:
+            # Another delivery of this event is being handled right now; look again shortly.
+            await asyncio.sleep(0.2)
             await message.nack(requeue=True)
-            return
-        await message.ack()
+
+    async def _retry_later(self, message: AbstractIncomingMessage, event: Event, error: Exception) -> None:
+        log.warning(
+            "bus.handler_failed",
+            queue=self._queue,
+            event_id=str(event.id),
+            event_type=event.type,
+            delivery_count=(message.headers or {}).get("x-delivery-count", 0),
+            error=repr(error)[:500],
+        )
+        await asyncio.sleep(0.05)
+        await message.nack(requeue=True)
 
 
 class _Subscription:
