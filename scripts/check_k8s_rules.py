@@ -7,7 +7,7 @@ Run by scripts/k8s-validate.sh (`make k8s-validate`), three ways:
         the worker can finish a call before it is killed; every workload has a PodDisruptionBudget;
         the gateways and the registry have HPAs; no Secret values; Services, Ingress backends and
         HPA targets point at things that exist; the Ingress routes as ROUTES says; every alert
-        has a runbook section in docs/operations.md.
+        has a runbook section in docs/operations.md and its PromQL parses (--promql-check).
     check_k8s_rules.py gateway deploy/local/nginx.conf
         starts the local gateway on free loopback ports in front of stand-in upstreams and checks
         every route of ROUTES, the correlation id and the WebSocket upgrade headers.
@@ -400,7 +400,32 @@ def check_alerts(report: Report, documents: list[dict[str, Any]], docs: Path | N
                     report.fail(where, f"runbook {runbook} has no section in {docs}")
 
 
-def manifests(paths: list[Path], docs: Path | None) -> int:
+def check_promql(report: Report, documents: list[dict[str, Any]], promql_check: Path) -> None:
+    """Every rule's expression parses with Prometheus' own parser (scripts/promql-check)."""
+    expressions = [
+        {
+            "name": f"PrometheusRule/{d['metadata']['name']} {r.get('alert') or r.get('record')}",
+            "expr": str(r["expr"]),
+        }
+        for d in documents
+        if d["kind"] == "PrometheusRule"
+        for group in d["spec"]["groups"]
+        for r in group["rules"]
+    ]
+    if not expressions:
+        return
+    answer = subprocess.run(  # noqa: S603 (our own checker, built by k8s-validate.sh)
+        [str(promql_check)], input=json.dumps(expressions), capture_output=True, text=True, check=False
+    )
+    for line in answer.stdout.splitlines():
+        if line.startswith("FAIL "):
+            where, _, message = line.removeprefix("FAIL ").partition(": ")
+            report.fail(where, f"PromQL does not parse: {message}")
+    if answer.returncode not in (0, 1):
+        report.fail("promql-check", answer.stderr.strip() or f"exited with {answer.returncode}")
+
+
+def manifests(paths: list[Path], docs: Path | None, promql_check: Path | None) -> int:
     documents = load_documents(paths)
     report = Report()
     check_workloads(report, documents)
@@ -411,6 +436,8 @@ def manifests(paths: list[Path], docs: Path | None) -> int:
     check_routes(report, documents)
     check_network_policies(report, documents)
     check_alerts(report, documents, docs)
+    if promql_check is not None:
+        check_promql(report, documents, promql_check)
     return report.finish(f"rules on {', '.join(str(p) for p in paths)} ({len(documents)} resources)")
 
 
@@ -666,6 +693,7 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     manifests_parser = commands.add_parser("manifests")
     manifests_parser.add_argument("--docs", type=Path)
+    manifests_parser.add_argument("--promql-check", type=Path)
     manifests_parser.add_argument("rendered", type=Path, nargs="+")
     gateway_parser = commands.add_parser("gateway")
     gateway_parser.add_argument("conf", type=Path)
@@ -673,7 +701,7 @@ def main() -> int:
     dockerfiles_parser.add_argument("root", type=Path)
     args = parser.parse_args()
     if args.command == "manifests":
-        return manifests(args.rendered, args.docs)
+        return manifests(args.rendered, args.docs, args.promql_check)
     if args.command == "gateway":
         return gateway(args.conf.resolve())
     return dockerfiles(args.root.resolve())

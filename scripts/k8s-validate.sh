@@ -5,7 +5,8 @@
 #  2. validates every rendered resource against the Kubernetes OpenAPI schemas with kubeconform,
 #     offline: the schemas come from the kubernetes-validate wheel (PyPI), turned into a local
 #     schema tree once; our CRDs (PrometheusRule, ServiceMonitor) against deploy/k8s/schemas;
-#  3. checks Agentline's own rules (scripts/check_k8s_rules.py manifests);
+#  3. checks Agentline's own rules (scripts/check_k8s_rules.py manifests), the alerts' PromQL with
+#     Prometheus' parser (scripts/promql-check);
 #  4. proves both checks can fail: a manifest broken on purpose in a temporary directory must be
 #     rejected by kubeconform and by each rule of the checker;
 #  5. the local gateway: `nginx -t` on deploy/local/nginx.conf, then a real nginx with that file in
@@ -29,6 +30,7 @@ VENV=$TOOLS/venvs/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
 SCHEMAS=$TOOLS/share/kubernetes-schemas/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
 KUSTOMIZE=$BIN/kustomize-$KUSTOMIZE_VERSION
 KUBECONFORM=$BIN/kubeconform-$KUBECONFORM_VERSION
+PROMQL_CHECK=$BIN/promql-check-$(cat "$ROOT"/scripts/promql-check/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)
 PYTHON=$VENV/bin/python
 
 WORK=$(mktemp -d -t agentline-k8s-validate.XXXXXX)
@@ -47,6 +49,16 @@ install_go_tool() {  # install_go_tool TARGET BINARY MODULE@VERSION
     CGO_ENABLED=0 GOBIN=$gobin GOFLAGS=-mod=mod go install "$module"
     mkdir -p "$BIN"
     mv "$gobin/$binary" "$target.partial" && mv "$target.partial" "$target"
+}
+
+# Our PromQL checker (scripts/promql-check): Prometheus' parser, pinned by its go.sum.
+build_promql_check() {
+    [[ -x $PROMQL_CHECK ]] && return
+    command -v go >/dev/null || die "Go is needed to build scripts/promql-check (make setup installs it)"
+    say "building scripts/promql-check"
+    mkdir -p "$BIN"
+    (cd "$ROOT/scripts/promql-check" && CGO_ENABLED=0 go build -trimpath -o "$PROMQL_CHECK.partial" .)
+    mv "$PROMQL_CHECK.partial" "$PROMQL_CHECK"
 }
 
 install_kubernetes_validate() {
@@ -132,6 +144,7 @@ rules() { "$PYTHON" "$ROOT/scripts/check_k8s_rules.py" "$@"; }
 
 install_go_tool "$KUSTOMIZE" kustomize "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 install_go_tool "$KUBECONFORM" kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+build_promql_check
 install_kubernetes_validate
 build_schema_tree
 
@@ -148,7 +161,7 @@ for dir in "$ROOT/deploy/k8s/base" "$ROOT"/deploy/k8s/overlays/*/; do
 done
 say "Agentline's rules (on the overlays: the base alone has no namespace and no image tags)"
 for file in "${rendered[@]:1}"; do
-    rules manifests --docs "$ROOT/docs/operations.md" "$file"
+    rules manifests --docs "$ROOT/docs/operations.md" --promql-check "$PROMQL_CHECK" "$file"
 done
 
 # 4: the checks must be able to fail. A kustomization outside the repository breaks the dev
@@ -227,7 +240,11 @@ if kubeconform "$WORK/schema-broken.yaml" >"$WORK/schema-broken.out" 2>&1; then
 fi
 grep -q "periodSecond" "$WORK/schema-broken.out" && grep -q "replicas" "$WORK/schema-broken.out" \
     || { cat "$WORK/schema-broken.out"; die "kubeconform rejected the broken Deployment for the wrong reason"; }
-say "self-test passed: both checks reject what they should"
+echo '[{"name": "broken", "expr": "sum(rate(agentline_bus_publish_failures_total[5m]) > 0"}]' \
+    | "$PROMQL_CHECK" >"$WORK/promql-broken.out" && die "promql-check accepted an unclosed parenthesis"
+grep -q "unclosed left parenthesis" "$WORK/promql-broken.out" \
+    || { cat "$WORK/promql-broken.out"; die "promql-check rejected the broken expression for the wrong reason"; }
+say "self-test passed: the schema, rule and PromQL checks reject what they should"
 
 # 5: the local gateway.
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || die "nginx is needed (make setup installs it)"
