@@ -8,7 +8,6 @@ from typing import Any
 
 import aio_pika
 import pytest
-
 from agentline_common.bus import (
     Bus,
     PublishError,
@@ -213,9 +212,7 @@ async def test_request_to_a_silent_responder_times_out(make_bus: Any) -> None:
     assert asyncio.get_running_loop().time() - started < 1.5
 
 
-async def test_publish_to_a_stopped_broker_raises_instead_of_hanging(
-    rabbitmq: Any, make_bus: Any
-) -> None:
+async def test_publish_to_a_stopped_broker_raises_instead_of_hanging(rabbitmq: Any, make_bus: Any) -> None:
     bus = await make_bus()
     await bus.consume(
         queue=f"q-{uuid.uuid4().hex[:8]}",
