@@ -23,11 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 
 from agentline_common.bus import Bus
+from agentline_common.testing.livekit import NamespacedLiveKit
+from agentline_common.testing.netns import NetworkNamespace
 from agentline_common.testing.servers import (
     LiveKitServer,
     PostgresServer,
@@ -43,6 +46,7 @@ RABBITMQ = "rabbitmq"
 REDIS = "redis"
 POSTGRES = "postgres"
 LIVEKIT = "livekit"
+LIVEKIT_NETNS = "livekit_netns"
 
 # Which servers each fixture needs (the fixture closure of a test tells us what to start early).
 FIXTURE_SERVERS: dict[str, tuple[str, ...]] = {
@@ -54,6 +58,7 @@ FIXTURE_SERVERS: dict[str, tuple[str, ...]] = {
     "postgres_database": (POSTGRES,),
     "postgres_url": (POSTGRES,),
     "livekit_server": (LIVEKIT, REDIS),
+    "livekit_netns": (LIVEKIT_NETNS, REDIS),
 }
 
 
@@ -189,6 +194,13 @@ class Infrastructure:
             redis = self.get(REDIS)
             redis_address = redis.url.removeprefix("redis://").split("/", 1)[0]
             return LiveKitServer(base_dir=self._base_dir("livekit"), redis_address=redis_address)
+        if name == LIVEKIT_NETNS:
+            redis_url = urlsplit(self.get(REDIS).url)
+            loopback_redis = redis_url.hostname == "127.0.0.1" and redis_url.port is not None
+            return NamespacedLiveKit(
+                base_dir=self._base_dir("livekit-netns"),
+                redis_port=redis_url.port if loopback_redis else None,
+            )
         raise KeyError(name)
 
     def close(self) -> None:
@@ -291,6 +303,26 @@ def livekit_server(agentline_infra: Infrastructure) -> LiveKitServer:
     """
     server: LiveKitServer = agentline_infra.get(LIVEKIT)
     return server
+
+
+@pytest.fixture(scope="session")
+def livekit_netns(agentline_infra: Infrastructure) -> NamespacedLiveKit:
+    """LiveKit inside a network namespace of its own, for tests where media flows.
+
+    `.url`/`.http_url` from inside the namespace, `.host_url`/`.host_http_url` from the host's
+    loopback, `.api_key`/`.api_secret`, `.token(room=, identity=)`, `.namespace` (with
+    `forward_into(port)` so processes inside reach host loopback services), `.run_python(args)`,
+    `.popen_python(args)`, `.popen(argv)`, `.command(argv)`. Redis is forwarded in (SIP APIs work).
+    """
+    server: NamespacedLiveKit = agentline_infra.get(LIVEKIT_NETNS)
+    return server
+
+
+@pytest.fixture
+def netns() -> Iterator[NetworkNamespace]:
+    """A fresh network namespace (10.213.x.2 on a veth inside it), deleted with its processes."""
+    with NetworkNamespace() as namespace:
+        yield namespace
 
 
 @pytest_asyncio.fixture(loop_scope="session")

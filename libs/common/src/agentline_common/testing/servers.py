@@ -11,6 +11,7 @@ environment, a testcontainers container when a Docker engine answers, or the cla
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -32,6 +33,7 @@ RABBITMQ_APPS_DIR = next(
     Path("/usr/lib/rabbitmq/lib/rabbitmq_server/plugins"),
 )
 START_TIMEOUT = 60.0
+DEAD_STUN_PORT = 3478
 
 
 class ServerError(RuntimeError):
@@ -513,12 +515,14 @@ def livekit_config_yaml(
     node_ip: str,
     credentials: LiveKitCredentials,
     redis_address: str | None,
+    redis_db: int = 0,
 ) -> str:
     """LiveKit's configuration for tests and local runs, obeying the network rule.
 
-    No STUN or TURN servers and no external-IP discovery, so the server never looks beyond the
-    machine; it binds and announces only `bind_address`/`node_ip` (loopback, or the address of a
-    network namespace the test created). Redis is given so that the SIP APIs are available.
+    No public STUN or TURN servers and no external-IP discovery, so neither the server nor its
+    clients look beyond the machine; it binds and announces only `bind_address`/`node_ip`
+    (loopback, or the address of a network namespace the test created). Redis is given so that
+    the SIP APIs are available.
     """
     lines = [
         f"port: {port}",
@@ -531,7 +535,10 @@ def livekit_config_yaml(
         f"  port_range_end: {udp_range[1]}",
         "  use_external_ip: false",
         f"  node_ip: {node_ip}",
-        "  stun_servers: []",
+        # LiveKit hands clients Google's public STUN servers when none are configured; name a
+        # local address where nothing answers instead, so ICE stays on loopback/the namespace.
+        "  stun_servers:",
+        f"    - {node_ip}:{DEAD_STUN_PORT}",
         "  enable_loopback_candidate: true",
         "turn:",
         "  enabled: false",
@@ -539,8 +546,13 @@ def livekit_config_yaml(
         f"  {credentials.api_key}: {credentials.api_secret}",
     ]
     if redis_address:
-        lines += ["redis:", f"  address: {redis_address}"]
+        lines += ["redis:", f"  address: {redis_address}", f"  db: {redis_db}"]
     return "\n".join(lines) + "\n"
+
+
+_LIVEKIT_REDIS_DBS = itertools.count(1)
+"""Each LiveKit server of a run gets a Redis database of its own: servers sharing one would form a
+cluster and route a room to a node its clients cannot reach (loopback vs. namespace)."""
 
 
 class LiveKitServer:
@@ -554,6 +566,7 @@ class LiveKitServer:
         host: str = LOOPBACK,
         wrap: list[str] | None = None,
     ) -> None:
+        """`host` is the address to bind and announce; `wrap` prefixes the command (a namespace)."""
         self.host = host
         self.port = free_port()
         self.rtc_tcp_port = free_port()
@@ -576,6 +589,7 @@ class LiveKitServer:
                 node_ip=host,
                 credentials=self.credentials,
                 redis_address=redis_address,
+                redis_db=next(_LIVEKIT_REDIS_DBS),
             )
         )
 
@@ -589,18 +603,10 @@ class LiveKitServer:
         )
         self._process.spawn()
 
-    def wait_ready(self) -> None:
-        wait_until(lambda: self._http_ok(), what="LiveKit", process=self._process)
-
-    def _http_ok(self) -> bool:
-        probe = [*self._wrap, "true"] if self._wrap else None
-        if probe is not None:
-            # Inside a namespace our own sockets cannot reach the server; ask from inside it.
-            return _http_ok_in(self._wrap, self.host, self.port)
-        with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
-            sock.sendall(f"GET / HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode())
-            sock.settimeout(2.0)
-            return sock.recv(12).startswith(b"HTTP/1.")
+    def wait_ready(self, *, probe: tuple[str, int] | None = None) -> None:
+        """Wait for LiveKit's HTTP port; `probe` is where to reach it from here if not `host:port`."""
+        host, port = probe or (self.host, self.port)
+        wait_until(lambda: _http_ok(host, port), what="LiveKit", process=self._process)
 
     def start(self) -> None:
         self.spawn()
@@ -608,21 +614,16 @@ class LiveKitServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
+            # A graceful stop waits for participants to leave; tests do not need to wait.
+            self._process.terminate(timeout=3.0)
             self._process = None
 
 
-def _http_ok_in(wrap: list[str], host: str, port: int) -> bool:
-    script = (
-        "import socket,sys\n"
-        f"s=socket.create_connection(({host!r},{port}),timeout=1)\n"
-        f"s.sendall(b'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n')\n"
-        "sys.exit(0 if s.recv(12).startswith(b'HTTP/1.') else 1)\n"
-    )
-    result = subprocess.run(  # noqa: S603
-        [*wrap, "python3", "-c", script], capture_output=True, timeout=10, check=False
-    )
-    return result.returncode == 0
+def _http_ok(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1.0) as sock:
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        sock.settimeout(2.0)
+        return sock.recv(12).startswith(b"HTTP/1.")
 
 
 def make_base_dir(prefix: str) -> Path:
