@@ -95,6 +95,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._keep_sent_for = keep_sent_for
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         self.failures = 0
@@ -106,12 +107,20 @@ class OutboxRelay:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, *, grace_seconds: float = 5.0) -> None:
+        """Let the pass in progress finish (so a published row is also marked sent), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+        self._task = None
+        self._stopping = False
 
     async def pending(self) -> int:
         """How many rows wait to be published (for metrics and tests)."""
@@ -141,7 +150,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         passes = 0
-        while True:
+        while not self._stopping:
             try:
                 await self.relay_once()
                 passes += 1
@@ -149,6 +158,8 @@ class OutboxRelay:
                     await self.purge_sent()
             except SQLAlchemyError as error:
                 log.warning("outbox.database_unavailable", error=type(error).__name__)
+            if self._stopping:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
             self._wakeup.clear()

@@ -87,13 +87,14 @@ class SessionLog:
 async def start_consumers(
     *,
     bus: Bus,
+    queue_prefix: str,
     responder: LookupResponder,
     session_log: SessionLog,
     processed: RedisProcessedEvents,
 ) -> None:
-    await bus.serve(queue=RPC_QUEUE, methods=responder.methods)
+    await bus.serve(queue=queue_prefix + RPC_QUEUE, methods=responder.methods)
     await bus.consume(
-        queue=SESSIONS_QUEUE,
+        queue=queue_prefix + SESSIONS_QUEUE,
         routing_keys=SESSION_EVENTS,
         handler=session_log.handle,
         processed=processed,

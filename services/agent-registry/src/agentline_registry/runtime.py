@@ -11,6 +11,7 @@ import structlog
 from agentline_common.bus import Bus, BusUnavailable
 from agentline_common.outbox import OutboxRelay
 from agentline_common.processed_events import RedisProcessedEvents
+from agentline_common.registry_client import RegistryClient
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -99,10 +100,14 @@ async def bootstrap(settings: RegistrySettings) -> Runtime:
     )
     await start_consumers(
         bus=bus,
+        queue_prefix=settings.queue_prefix,
         responder=LookupResponder(runtime.sessions, metrics),
         session_log=SessionLog(runtime.sessions),
         processed=RedisProcessedEvents(redis),
     )
+    # The registry drops the shared look-up cache itself on its own agent.changed: the cache is
+    # right even when no other service runs, and the event always has a queue to go to.
+    await RegistryClient(bus=bus, redis=redis).start()
     runtime.relay.start()
     runtime.tasks.append(asyncio.create_task(runtime.sweep_sessions_forever(), name="session-sweep"))
     log.info("registry.started", exchange=settings.bus_exchange)

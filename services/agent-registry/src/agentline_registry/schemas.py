@@ -13,7 +13,6 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     StringConstraints,
     field_validator,
@@ -29,6 +28,13 @@ Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@-]{1,128}$")]
 Voice = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@ -]{1,64}$")]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+    ),
+    Field(description="an email address", examples=["ada@example.com"]),
+]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
 E164 = Annotated[
     str,
@@ -94,7 +100,7 @@ class MemberCreate(BaseModel):
 
     model_config = _STRICT
 
-    email: EmailStr = Field(max_length=320)
+    email: Email
     role: Role = Role.MEMBER
     name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
     password: Password | None = None

@@ -25,6 +25,9 @@ class RegistrySettings(CommonSettings):
     session_expiry_seconds: int = 600
     """How long a requested session may wait to start when its event names no expiry (token TTL)."""
     session_sweep_interval_seconds: float = 30.0
+    queue_prefix: str = ""
+    """Put before the registry's queue names; tests that run several registries on one broker give
+    each its own (queues are per broker, not per exchange)."""
     outbox_poll_seconds: float = 1.0
     startup_timeout_seconds: float = 30.0
     """How long start-up keeps retrying the broker and database before giving up."""

@@ -10,8 +10,10 @@ the HTTP API and the command line, as any other client would.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +126,7 @@ class RegistryService:
             "AMQP_URL": self.amqp_url,
             "REDIS_URL": self.redis_url,
             "BUS_EXCHANGE": self.exchange,
+            "QUEUE_PREFIX": f"{self.exchange}.",
             "HOST": LOOPBACK,
             "PORT": str(self.port),
             "JWT_PRIVATE_KEY_FILE": str(self.base_dir / "jwt-key.pem"),
@@ -356,6 +359,165 @@ async def registry_bus(running_registry: RegistryService) -> AsyncIterator[Bus]:
         await connected.close()
 
 
+# --- agent-worker -------------------------------------------------------------------------------
+
+
+def worker_command() -> list[str]:
+    """The worker's console script from this venv, or the module as a fallback."""
+    script = shutil.which("agentline-worker", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "agentline_worker"]
+
+
+@dataclass
+class WorkerService:
+    """A running agent-worker subprocess, dispatched by LiveKit under `.agent_name`.
+
+    It talks to the given LiveKit server, to the registry's exchange for look-ups and session
+    events, and to `models_url` (the fake model server) for STT/LLM/TTS. `wrap` prefixes the
+    command (e.g. ``ip netns exec <ns>``) to run it inside a test's network namespace.
+    """
+
+    livekit_url: str
+    livekit_api_key: str
+    livekit_api_secret: str
+    amqp_url: str
+    redis_url: str
+    exchange: str
+    models_url: str
+    models_api_key: str
+    base_dir: Path
+    agent_name: str = field(default_factory=lambda: f"test-agent-{secrets.token_hex(4)}")
+    health_port: int = field(default_factory=free_port)
+    wrap: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: ManagedProcess | None = None
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.health_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "worker.log"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {
+            "ENVIRONMENT": "test",
+            "LOG_FORMAT": "json",
+            "AGENT_NAME": self.agent_name,
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.livekit_api_key,
+            "LIVEKIT_API_SECRET": self.livekit_api_secret,
+            "AMQP_URL": self.amqp_url,
+            "REDIS_URL": self.redis_url,
+            "BUS_EXCHANGE": self.exchange,
+            "QUEUE_PREFIX": f"{self.exchange}.",
+            "OPENAI_BASE_URL": self.models_url,
+            "OPENAI_API_KEY": self.models_api_key,
+            "HEALTH_PORT": str(self.health_port),
+            "MAX_SESSIONS": "20",
+            "NUM_IDLE_PROCESSES": "1",
+            "DRAIN_TIMEOUT_SECONDS": "120",
+            **self.extra_env,
+        }
+
+    def start(self) -> None:
+        """Start the worker and wait until it is registered with LiveKit and on the broker."""
+        if self.is_running:
+            return
+        self.process = ManagedProcess(
+            name="agentline-worker",
+            argv=[*self.wrap, *worker_command()],
+            log_path=self.log_path,
+            env=child_environment(self.environment),
+            cwd=self.base_dir,
+        )
+        self.process.spawn()
+        wait_until(self.ready, what="agentline-worker", process=self.process, timeout=READY_TIMEOUT)
+
+    @property
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.process is not None
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.health_url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def readiness(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.health_url}/readyz", timeout=2.0).json()
+        return body
+
+    def send_sigterm(self) -> None:
+        """SIGTERM to the worker alone (as Kubernetes does to a pod's main process): it drains."""
+        assert self.process is not None and self.process.process is not None
+        os.kill(self.process.process.pid, signal.SIGTERM)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The worker's exit code, or None if it is still running after `timeout` seconds."""
+        assert self.process is not None and self.process.process is not None
+        try:
+            return self.process.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate(timeout=30.0)
+            self.process = None
+
+
+def new_worker(
+    *,
+    livekit: Any,
+    registry: RegistryService,
+    models: Any,
+    wrap: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> WorkerService:
+    """A WorkerService (not started) on `livekit`, the registry's exchange and the `models` server."""
+    return WorkerService(
+        livekit_url=livekit.url,
+        livekit_api_key=livekit.api_key,
+        livekit_api_secret=livekit.api_secret,
+        amqp_url=registry.amqp_url,
+        redis_url=registry.redis_url,
+        exchange=registry.exchange,
+        models_url=models.base_url,
+        models_api_key=models.api_key or "",
+        base_dir=make_base_dir("worker"),
+        wrap=wrap or [],
+        extra_env=extra_env or {},
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def worker_models() -> AsyncIterator[Any]:
+    """The fake model server the session's worker uses (a FakeOpenAI); tests script it."""
+    from agentline_common.testing.fake_openai import FakeOpenAI
+
+    async with FakeOpenAI(api_key=f"sk-fake-{secrets.token_hex(24)}") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def worker_service(
+    livekit_server: Any, registry_service: RegistryService, worker_models: Any
+) -> Iterator[WorkerService]:
+    """A real agent-worker subprocess for this test session, on the session's LiveKit server and
+    the registry's exchange, with the fake model server `worker_models`."""
+    service = new_worker(livekit=livekit_server, registry=registry_service, models=worker_models)
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+        shutil.copy(service.log_path, "/tmp/worker-last.log")  # DEBUG
+        shutil.rmtree(service.base_dir, ignore_errors=True)
+
+
 # token-service ------------------------------------------------------------------------------------
 
 
@@ -473,4 +635,5 @@ def token_service(registry_service: RegistryService, livekit_server: Any) -> Ite
         yield service
     finally:
         service.stop()
+        shutil.copy(service.log_path, "/tmp/worker-last.log")  # DEBUG
         shutil.rmtree(service.base_dir, ignore_errors=True)
