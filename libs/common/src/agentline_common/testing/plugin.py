@@ -22,14 +22,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 
 from agentline_common.bus import Bus
-from agentline_common.testing.livekit import NamespacedLiveKit
 from agentline_common.testing.netns import NetworkNamespace
 from agentline_common.testing.servers import (
     LiveKitServer,
@@ -41,6 +40,10 @@ from agentline_common.testing.servers import (
     run_psql,
 )
 from agentline_common.testing.settings import TestInfraSettings
+
+if TYPE_CHECKING:
+    # livekit is imported only when a test needs LiveKit in a namespace: it is slow to import.
+    from agentline_common.testing.livekit import NamespacedLiveKit
 
 RABBITMQ = "rabbitmq"
 REDIS = "redis"
@@ -195,6 +198,8 @@ class Infrastructure:
             redis_address = redis.url.removeprefix("redis://").split("/", 1)[0]
             return LiveKitServer(base_dir=self._base_dir("livekit"), redis_address=redis_address)
         if name == LIVEKIT_NETNS:
+            from agentline_common.testing.livekit import NamespacedLiveKit
+
             redis_url = urlsplit(self.get(REDIS).url)
             loopback_redis = redis_url.hostname == "127.0.0.1" and redis_url.port is not None
             return NamespacedLiveKit(
@@ -224,6 +229,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start, in parallel, every server some collected test will need."""
+    if session.config.option.collectonly:
+        return
     needed: set[str] = set()
     for item in session.items:
         for fixture in getattr(item, "fixturenames", ()):
