@@ -218,7 +218,7 @@ class RegistryService:
         """A new user (through the command line, as an operator would), logged in."""
         email = email or f"user-{secrets.token_hex(6)}@example.test"
         password = password or secrets.token_urlsafe(TEST_PASSWORD_BYTES)
-        created = self.cli("create-user", "--email", email, "--password", password)
+        created = self.cli("create-user", "--email", email, f"--password={password}")  # may start with "-"
         return RegistryUser(
             user_id=uuid.UUID(created["user_id"]),
             email=created["email"],
