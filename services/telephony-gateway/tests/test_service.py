@@ -72,7 +72,7 @@ class FakeCalls:
     def __init__(self) -> None:
         self.answers: dict[str, str] = {}
         self.sessions: dict[str, CallSession] = {}
-        self.ended: set[str] = set()
+        self.ended: set[uuid.UUID] = set()
         self.outbox: list[object] = []
 
     async def answer_of(self, call_sid: str) -> str | None:
@@ -92,10 +92,10 @@ class FakeCalls:
     async def session_of(self, call_sid: str) -> CallSession | None:
         return self.sessions.get(call_sid)
 
-    async def end_unreached(self, call_sid: str, status: str, event: SessionEnded) -> bool:
-        if call_sid not in self.sessions or call_sid in self.ended:
+    async def end_unreached(self, event: SessionEnded) -> bool:
+        if event.id in self.ended:
             return False
-        self.ended.add(call_sid)
+        self.ended.add(event.id)
         self.outbox.append(event)
         return True
 

@@ -32,7 +32,7 @@ from twilio.request_validator import RequestValidator
 
 from agentline_telephony import service
 from agentline_telephony.metrics import GatewayMetrics
-from agentline_telephony.repository import SqlCallStore
+from agentline_telephony.repository import CallStore
 from agentline_telephony.twiml import TWIML_MEDIA_TYPE, SipTarget
 
 log = structlog.get_logger()
@@ -55,7 +55,7 @@ class Gateway:
     target: SipTarget
     session_ttl: timedelta
     registry: RegistryClient
-    calls: SqlCallStore
+    calls: CallStore
     relay: OutboxRelay
     bus: Bus
     redis: Redis

@@ -20,7 +20,7 @@ from twilio.request_validator import RequestValidator
 
 from agentline_telephony.api import STATUS_PATH, Gateway, router
 from agentline_telephony.metrics import GatewayMetrics
-from agentline_telephony.repository import SqlCallStore, create_engine, create_schema, outbox
+from agentline_telephony.repository import CallStore, create_engine, create_schema, outbox
 from agentline_telephony.settings import TelephonySettings
 from agentline_telephony.twiml import SipTarget
 
@@ -77,7 +77,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=sip_target(settings),
         session_ttl=timedelta(seconds=settings.session_request_ttl_seconds),
         registry=registry,
-        calls=SqlCallStore(engine),
+        calls=CallStore(engine=engine, redis=redis, answer_ttl_seconds=settings.call_answer_ttl_seconds),
         relay=relay,
         bus=bus,
         redis=redis,

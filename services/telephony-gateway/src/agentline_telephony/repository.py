@@ -1,60 +1,50 @@
-"""The gateway's own small database: the answer given to each CallSid, and the event outbox.
+"""Where the gateway keeps what it must not forget: each CallSid's answer, and the event outbox.
 
-One transaction stores a call's answer and its `session.requested` event (the shared outbox of
-libs/common), so a retried webhook can never publish a second session and an answered call can never
-lose its event, whatever the broker is doing. SQLite by default; PostgreSQL when several replicas
-share the work. The tables are created at start-up (`create_schema`): two append-mostly tables whose
-shape has not changed yet; they move to migrations with their first change.
+Events go through the shared transactional outbox of libs/common (a table, SQLite by default,
+PostgreSQL when several replicas share the work), with ids derived from the CallSid: the table's
+primary key turns a second `session.requested` or `session.ended` for a call into a no-op, whatever
+races or retries happen. Answers go to Redis (SET NX, kept a day) so a retried webhook gets the first
+answer without a database round trip; if that record were lost, the retry computes the same answer
+and the outbox still refuses the duplicate event. The outbox table is created at start-up
+(`create_schema`); it moves to migrations with its first change.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
-from agentline_common.events import SessionEnded, utc_now
+import structlog
+from agentline_common.events import SessionEnded, SessionRequested
 from agentline_common.outbox import add_to_outbox, outbox_table
-from sqlalchemy import (
-    Column,
-    DateTime,
-    MetaData,
-    String,
-    Table,
-    Text,
-    Uuid,
-    event,
-    select,
-    update,
-)
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import MetaData, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentline_telephony.service import Answer, CallSession, IncomingCall
 
+log = structlog.get_logger()
+
 metadata = MetaData()
-
-calls = Table(
-    "telephony_calls",
-    metadata,
-    Column("call_sid", String(64), primary_key=True),
-    Column("outcome", String(32), nullable=False),
-    Column("twiml", Text, nullable=False),
-    Column("to_number", String(64), nullable=False),
-    Column("from_number", String(64), nullable=False),
-    Column("agent_id", Uuid, nullable=True),
-    Column("org_id", Uuid, nullable=True),
-    Column("session_id", Uuid, nullable=True, comment="set when the call was bridged to an agent"),
-    Column("ended_status", String(32), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
 outbox = outbox_table(metadata, "telephony_outbox")
+
+ANSWER_KEY_PREFIX = "agentline:telephony:call:"
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so concurrent webhooks queue, not fail."""
+    """An engine for `url`.
+
+    SQLite gets one connection, in WAL mode: SQLite takes one writer at a time anyway, and queueing
+    for the connection in asyncio is far cheaper than SQLite's busy handler, which sleeps in steps of
+    milliseconds when concurrent webhooks contend for the write lock.
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 10})
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=10, connect_args={"timeout": 10}
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -72,74 +62,70 @@ async def create_schema(engine: AsyncEngine) -> None:
         await connection.run_sync(metadata.create_all)
 
 
-class SqlCallStore:
-    """The `CallStore` of the service, on SQLAlchemy Core."""
+class CallStore:
+    """The `CallStore` of the service: answers in Redis, events in the SQL outbox."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, *, engine: AsyncEngine, redis: Redis, answer_ttl_seconds: int) -> None:
         self._engine = engine
+        self._redis = redis
+        self._ttl = answer_ttl_seconds
 
     async def answer_of(self, call_sid: str) -> str | None:
-        async with self._engine.connect() as connection:
-            row = await connection.execute(select(calls.c.twiml).where(calls.c.call_sid == call_sid))
-            return row.scalar_one_or_none()
+        record = await self._record(call_sid)
+        return str(record["twiml"]) if record else None
 
     async def remember(self, call: IncomingCall, answer: Answer) -> str:
         if not answer.remembered:
             return answer.twiml
+        if answer.event is not None:
+            await self._queue(answer.event)
         agent = answer.agent
+        record = {
+            "twiml": answer.twiml,
+            "outcome": answer.outcome.value,
+            "agent_id": str(agent.id) if agent else None,
+            "org_id": str(agent.org_id) if agent else None,
+            "session": answer.event is not None,
+        }
         try:
-            async with self._engine.begin() as connection:
-                await connection.execute(
-                    calls.insert().values(
-                        call_sid=call.call_sid,
-                        outcome=answer.outcome.value,
-                        twiml=answer.twiml,
-                        to_number=call.to_number,
-                        from_number=call.from_number,
-                        agent_id=agent.id if agent else None,
-                        org_id=agent.org_id if agent else None,
-                        session_id=answer.event.session_id if answer.event else None,
-                        created_at=utc_now(),
-                    )
-                )
-                if answer.event is not None:
-                    await add_to_outbox(connection, outbox, answer.event)
-        except IntegrityError:
-            # A concurrent retry of the same webhook stored its answer first: give the same one.
-            earlier = await self.answer_of(call.call_sid)
-            if earlier is None:
-                raise
-            return earlier
-        return answer.twiml
+            stored = await self._redis.set(_key(call.call_sid), json.dumps(record), nx=True, ex=self._ttl)
+        except RedisError as error:
+            log.warning("calls.answer_not_stored", call_sid=call.call_sid, error=type(error).__name__)
+            return answer.twiml
+        if stored:
+            return answer.twiml
+        # A concurrent retry of the same webhook stored its answer first: give the same one.
+        return await self.answer_of(call.call_sid) or answer.twiml
 
     async def session_of(self, call_sid: str) -> CallSession | None:
-        async with self._engine.connect() as connection:
-            result = await connection.execute(
-                select(calls.c.agent_id, calls.c.org_id).where(
-                    calls.c.call_sid == call_sid, calls.c.session_id.is_not(None)
-                )
-            )
-            row = result.one_or_none()
-        if row is None or row.agent_id is None or row.org_id is None:
+        record = await self._record(call_sid)
+        if not record or not record.get("session"):
             return None
-        return CallSession(agent_id=_uuid(row.agent_id), org_id=_uuid(row.org_id))
+        return CallSession(agent_id=uuid.UUID(record["agent_id"]), org_id=uuid.UUID(record["org_id"]))
 
-    async def end_unreached(self, call_sid: str, status: str, event: SessionEnded) -> bool:
-        async with self._engine.begin() as connection:
-            result = await connection.execute(
-                update(calls)
-                .where(
-                    calls.c.call_sid == call_sid,
-                    calls.c.session_id.is_not(None),
-                    calls.c.ended_status.is_(None),
-                )
-                .values(ended_status=status)
-            )
-            if result.rowcount != 1:
-                return False
-            await add_to_outbox(connection, outbox, event)
+    async def end_unreached(self, event: SessionEnded) -> bool:
+        return await self._queue(event)
+
+    async def _record(self, call_sid: str) -> dict[str, Any] | None:
+        try:
+            raw = await self._redis.get(_key(call_sid))
+        except RedisError as error:
+            log.warning("calls.answer_unreadable", call_sid=call_sid, error=type(error).__name__)
+            return None
+        if raw is None:
+            return None
+        record: dict[str, Any] = json.loads(raw)
+        return record
+
+    async def _queue(self, event: SessionRequested | SessionEnded) -> bool:
+        """Add `event` to the outbox; False when an event with its id is already there."""
+        try:
+            async with self._engine.begin() as connection:
+                await add_to_outbox(connection, outbox, event)
+        except IntegrityError:
+            return False
         return True
 
 
-def _uuid(value: object) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+def _key(call_sid: str) -> str:
+    return ANSWER_KEY_PREFIX + call_sid

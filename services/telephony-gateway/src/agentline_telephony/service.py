@@ -4,8 +4,8 @@ The decisions are plain functions of the form and the agent (`answer_for_agent`,
 ...); `answer_incoming` and `handle_status` wire them to the look-up and the call store, which are
 Protocols so unit tests can run them on in-memory fakes.
 
-Idempotency lives in the call store: the first answer for a CallSid is stored together with its
-`session.requested` event in one transaction; a retried webhook gets the stored answer and no event.
+Idempotency lives in the call store: the first answer for a CallSid is kept for retries, and the
+events of a call have ids derived from its CallSid, so the outbox takes each of them once.
 """
 
 from __future__ import annotations
@@ -105,19 +105,18 @@ class CallStore(Protocol):
         ...
 
     async def remember(self, call: IncomingCall, answer: Answer) -> str:
-        """Store `answer` and its event in one transaction; returns the TwiML that won (an earlier
-        answer when a concurrent retry stored one first)."""
+        """Queue the answer's event, keep the answer for retries, and return the TwiML that won (an
+        earlier answer when a concurrent retry stored one first)."""
         ...
 
     async def session_of(self, call_sid: str) -> CallSession | None:
         """Agent and organisation of the call's session; None when the call was never dialled."""
         ...
 
-    async def end_unreached(self, call_sid: str, status: str, event: SessionEnded) -> bool:
-        """Record that the call never reached its agent and queue `event`, once per call.
+    async def end_unreached(self, event: SessionEnded) -> bool:
+        """Queue the `session.ended` of a call that never reached its agent, once per call.
 
-        False when the call has no session (never dialled) or its end was already recorded.
-        """
+        False when it was queued before (a repeated or second failure callback)."""
         ...
 
 
@@ -287,7 +286,7 @@ async def handle_status(form: Mapping[str, str], *, calls: CallStore) -> tuple[s
         session = await calls.session_of(status.call_sid)
         if session is not None:
             event = session_ended_unreached(status, session)
-            ended = await calls.end_unreached(status.call_sid, status.status, event)
+            ended = await calls.end_unreached(event)
     log.info(
         "twilio.status_received",
         call_sid=status.call_sid,
