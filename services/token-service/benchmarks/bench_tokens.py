@@ -1,0 +1,124 @@
+"""Test-token throughput and latency at 32 concurrent clients, next to /healthz of the same process.
+
+Everything is real and on loopback: RabbitMQ, Redis, the registry (which also consumes every
+`session.requested` into its SQLite call log during the run) and the token-service console script
+under uvicorn. Each token costs a JWT check, a Redis rate-limit script, a cached agent look-up, a Redis
+write and a publisher-confirmed event; /healthz costs only the HTTP stack, so the ratio shows what the
+work adds. The load generator shares the machine's two cores with all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+import httpx
+from agentline_common.logging import configure_logging
+from agentline_common.testing.bench import LoadResult, record, run_load
+from agentline_common.testing.servers import (
+    RabbitMQServer,
+    RedisServer,
+    make_base_dir,
+    new_livekit_credentials,
+)
+from agentline_common.testing.services import RegistryService, TokenServiceProcess
+
+CONCURRENCY = 32
+WARM_UP = 200
+REQUESTS = 2000
+GOAL_RATIO = 0.5
+GOAL_P99_MS = 25.0
+
+
+async def measure(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> tuple[LoadResult, int]:
+    """The timed run after a warm-up, and how many answers in it were not 200 (they count, slowly)."""
+    failures = 0
+
+    async def call() -> None:
+        nonlocal failures
+        try:
+            response = await client.request(method, url, **kwargs)
+        except httpx.HTTPError:
+            failures += 1
+            return
+        if response.status_code != 200:
+            failures += 1
+
+    await run_load(call, total=WARM_UP, concurrency=CONCURRENCY)
+    failures = 0
+    return await run_load(call, total=REQUESTS, concurrency=CONCURRENCY), failures
+
+
+async def run() -> list[dict[str, Any]]:
+    configure_logging(service="bench", json=False, level="WARNING")
+    broker = RabbitMQServer(base_dir=make_base_dir("bench-rabbitmq"))
+    redis = RedisServer(base_dir=make_base_dir("bench-redis"))
+    await asyncio.gather(asyncio.to_thread(broker.start), asyncio.to_thread(redis.start))
+    registry = RegistryService(
+        amqp_url=broker.url,
+        redis_url=redis.url,
+        exchange="bench-tokens",
+        base_dir=make_base_dir("bench-registry"),
+    )
+    credentials = new_livekit_credentials()
+    tokens = TokenServiceProcess(
+        registry=registry,
+        livekit_url="ws://127.0.0.1:7880",
+        livekit_api_key=credentials.api_key,
+        livekit_api_secret=credentials.api_secret,
+        base_dir=make_base_dir("bench-token-service"),
+        extra_env={"RATE_LIMIT_REQUESTS": str(10 * (WARM_UP + REQUESTS))},
+    )
+    try:
+        await asyncio.to_thread(registry.prepare)
+        await asyncio.to_thread(registry.start)
+        tenant = await asyncio.to_thread(registry.new_tenant)
+        user_token = await asyncio.to_thread(registry.login, tenant.user.email, tenant.user.password)
+        await asyncio.to_thread(tokens.start)
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        async with httpx.AsyncClient(base_url=tokens.url, limits=limits, timeout=10) as client:
+            bare, bare_failures = await measure(client, "GET", "/healthz")
+            issued, issue_failures = await measure(
+                client,
+                "POST",
+                f"/api/v1/agents/{tenant.agent_id}/test-token",
+                headers={"Authorization": f"Bearer {user_token}"},
+            )
+    finally:
+        await asyncio.to_thread(tokens.stop)
+        await asyncio.to_thread(registry.stop)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(broker.close)
+        for path in (redis.base_dir, registry.base_dir, tokens.base_dir):
+            shutil.rmtree(path, ignore_errors=True)
+    ratio = issued.per_second / bare.per_second
+    return [
+        record("token_service.healthz.throughput", bare.per_second, "req/s"),
+        record("token_service.healthz.p50", bare.p50, "ms"),
+        record("token_service.healthz.p99", bare.p99, "ms"),
+        record("token_service.test_token.throughput", issued.per_second, "tokens/s"),
+        record("token_service.healthz.failed", bare_failures, "requests"),
+        record("token_service.test_token.p50", issued.p50, "ms"),
+        record(
+            "token_service.test_token.p99",
+            issued.p99,
+            "ms",
+            goal=f"< {GOAL_P99_MS:g} ms",
+            met=issued.p99 < GOAL_P99_MS,
+        ),
+        record(
+            "token_service.test_token.vs_healthz",
+            ratio,
+            "x",
+            goal=f">= {GOAL_RATIO}x bare",
+            met=ratio >= GOAL_RATIO,
+        ),
+        record(
+            "token_service.test_token.refused",
+            issue_failures,
+            "requests",
+            goal="0 (a 503 means an unconfirmed publish)",
+            met=issue_failures == 0,
+        ),
+    ]
