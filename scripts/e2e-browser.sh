@@ -7,8 +7,9 @@
 #   E2E_EMAIL, E2E_PASSWORD   a user of the agent's organisation
 #   E2E_AGENT_ID   an active agent with a first message
 # Optional:
-#   E2E_AUDIO_WAV  what the fake microphone plays (default: speech made with espeak-ng when it is
-#                  installed, else a generated tone)
+#   E2E_AUDIO_WAV  what the fake microphone plays, on a loop (default: a question made with espeak-ng
+#                  and sox when installed, else a generated tone; either way after 12 s of silence,
+#                  so the caller does not talk over, and so interrupt, the agent's greeting)
 #   E2E_ARTIFACTS_DIR  screenshots (default: test-artifacts/e2e-browser at the repository root)
 #   E2E_CHROMIUM   the browser (default /usr/bin/chromium)
 # Chromium must reach LiveKit's media addresses: when LiveKit runs inside a network namespace, run
@@ -32,9 +33,10 @@ fi
 
 export E2E_ARTIFACTS_DIR="${E2E_ARTIFACTS_DIR:-${root}/test-artifacts/e2e-browser}"
 mkdir -p "${E2E_ARTIFACTS_DIR}"
-if [[ -z "${E2E_AUDIO_WAV:-}" ]] && command -v espeak-ng >/dev/null; then
+if [[ -z "${E2E_AUDIO_WAV:-}" ]] && command -v espeak-ng >/dev/null && command -v sox >/dev/null; then
     export E2E_AUDIO_WAV="${E2E_ARTIFACTS_DIR}/fake-microphone.wav"
-    espeak-ng -s 150 -w "${E2E_AUDIO_WAV}" "Hello. What are your opening hours on Saturday?"
+    espeak-ng -s 150 -w "${E2E_ARTIFACTS_DIR}/question.wav" "What are your opening hours on Saturday?"
+    sox "${E2E_ARTIFACTS_DIR}/question.wav" -r 48000 -c 1 -b 16 "${E2E_AUDIO_WAV}" pad 12 30
 fi
 
 "${root}/scripts/test-frontend.sh" install

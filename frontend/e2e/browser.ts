@@ -25,16 +25,20 @@ function required(name: string): string {
   return value;
 }
 
-/** A mono 16-bit PCM WAV: a spoken-range tone in bursts, for when no recorded speech is given. */
+/**
+ * A mono 16-bit PCM WAV for when no recorded speech is given: 12 s of silence (Chromium loops the
+ * file, and a caller talking from the start would interrupt the agent's greeting), a 2 s
+ * speech-range tone, then 30 s of silence.
+ */
 function writeToneWav(path: string): void {
   const rate = 48_000;
-  const seconds = 6;
+  const seconds = 44;
   const samples = rate * seconds;
   const data = Buffer.alloc(samples * 2);
   for (let index = 0; index < samples; index += 1) {
     const t = index / rate;
-    const burst = Math.floor(t * 2) % 2 === 0 ? 1 : 0;
-    const value = burst * 0.3 * Math.sin(2 * Math.PI * 220 * t) * Math.sin(2 * Math.PI * 3 * t);
+    const speaking = t >= 12 && t < 14 ? 1 : 0;
+    const value = speaking * 0.3 * Math.sin(2 * Math.PI * 220 * t) * Math.abs(Math.sin(2 * Math.PI * 3 * t));
     data.writeInt16LE(Math.round(value * 32_767), index * 2);
   }
   const header = Buffer.alloc(44);

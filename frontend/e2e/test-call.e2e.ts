@@ -48,8 +48,9 @@ async function api<T>(path: string): Promise<T> {
   return (await response.json()) as T;
 }
 
-async function screenshot(name: string) {
-  await page.screenshot({ path: join(settings.artifactsDir, name), fullPage: true });
+/** Full pages, except while the modal is open: its fixed backdrop covers only the viewport. */
+async function screenshot(name: string, { fullPage = true }: { fullPage?: boolean } = {}) {
+  await page.screenshot({ path: join(settings.artifactsDir, name), fullPage });
 }
 
 /** Lower-case letters and digits only, so punctuation and spacing of the transcript do not matter. */
@@ -83,6 +84,9 @@ beforeAll(async () => {
     permissions: ["microphone"],
   });
   page = await context.newPage();
+  // `make up` serves the console with `next dev`, which compiles each page on its first visit.
+  page.setDefaultNavigationTimeout(120_000);
+  page.setDefaultTimeout(60_000);
   page.on("console", (message) => consoleMessages.push(`${message.type()}: ${message.text()}`));
   page.on("pageerror", (error) => consoleMessages.push(`pageerror: ${error.message}`));
   await instrumentPage(page);
@@ -112,7 +116,7 @@ describe("Test Agent call in the browser", () => {
 
     await page.goto(`/agents/${settings.agentId}`);
     await page.getByRole("heading", { name: agent.name }).first().waitFor();
-    await page.getByRole("heading", { name: "Session log", exact: true }).waitFor();
+    await page.getByText(/^\d+ total$/).waitFor();
     await screenshot("02-agent-page.png");
 
     await page.getByRole("button", { name: "Test Agent", exact: true }).click();
@@ -143,7 +147,7 @@ describe("Test Agent call in the browser", () => {
     await waitFor("non-silent audio from the agent", async () => (await inboundAudio(page)).energy > 0, 15_000);
     expect(await dialog.getAttribute("data-agent-audio")).toBe("playing");
     await waitFor("the elapsed time to run", async () => (await dialog.getByLabel("Elapsed time").textContent()) !== "00:00", 5_000);
-    await screenshot("03-live-call.png");
+    await screenshot("03-live-call.png", { fullPage: false });
 
     const before = await microphoneTracks(page);
     expect(before.length).toBeGreaterThan(0);
@@ -154,26 +158,34 @@ describe("Test Agent call in the browser", () => {
     expect(muted.length).toBeGreaterThan(0);
     expect(muted.every((track) => !track.enabled)).toBe(true);
     await expect(dialog.getByRole("button", { name: "Unmute microphone", exact: true }).getAttribute("aria-pressed")).resolves.toBe("true");
-    await screenshot("04-muted.png");
+    await screenshot("04-muted.png", { fullPage: false });
 
     await dialog.getByRole("button", { name: "End call", exact: true }).click();
     await waitFor("the call to end", async () => (await dialog.getAttribute("data-call-status")) === "ended", 10_000);
     await waitFor("the WebRTC connections to close", async () => (await openPeerConnections(page)) === 0, 10_000);
     expect(await microphoneTracks(page)).toEqual([]);
     expect(await page.locator("audio[data-agentline-audio]").count()).toBe(0);
-    await screenshot("05-ended.png");
+    await screenshot("05-ended.png", { fullPage: false });
 
+    let sessionsTotal = 0;
     await waitFor(
       "the session log to record the call as ended",
       async () => {
-        const sessions = await api<{ items: SessionRead[] }>(`/agents/${settings.agentId}/sessions?limit=50&offset=0`);
+        const sessions = await api<{ items: SessionRead[]; total: number }>(
+          `/agents/${settings.agentId}/sessions?limit=50&offset=0`,
+        );
+        sessionsTotal = sessions.total;
         const session = sessions.items.find((item) => item.room_name === roomName);
         return session?.kind === "test" && session.status === "ended";
       },
       30_000,
     );
     await dialog.getByRole("button", { name: "Close", exact: true }).click();
-    await page.getByRole("button", { name: /^Transcript \(/ }).first().waitFor();
+    // Closing the modal reloads the session log, which then lists this call first.
+    await page.getByText(`${sessionsTotal} total`, { exact: true }).waitFor();
+    const newest = page.getByRole("button", { name: /^Transcript \(/ }).first();
+    await newest.click();
+    await page.getByRole("list", { name: "Call transcript" }).waitFor();
     await screenshot("06-session-log.png");
   });
 });

@@ -178,7 +178,7 @@ export function TestCallModal({ agentName, call, onClose }: { agentName: string;
 
         <div className={styles.agentPanel}>
           <div
-            className={`${styles.orb} ${call.agentState ? styles[call.agentState] : ""}`}
+            className={`${styles.orb} ${live && call.agentState ? styles[call.agentState] : ""}`}
             aria-hidden="true"
           />
           <div>
