@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from agentline_common.testing.reaper import REAPER
 from agentline_common.testing.servers import LOOPBACK, ServerError
 
 NETNS_DIR = Path("/run/netns")
@@ -107,7 +108,12 @@ class _Relays:
                     upstream.close()
                     writer.close()
                     return
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                try:
+                    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                except asyncio.CancelledError:
+                    # The relays are closing: end this connection quietly (nobody awaits it).
+                    writer.close()
+                    up_writer.close()
 
             server = await asyncio.start_server(relay, sock=listener)
             self._servers.append(server)
@@ -160,6 +166,7 @@ class NetworkNamespace:
     def create(self) -> NetworkNamespace:
         _ip("netns", "add", self.name)
         self._created = True
+        REAPER.shell(f"ip netns pids {self.name} | xargs -r kill -9; ip netns del {self.name}")
         try:
             _ip("-n", self.name, "link", "set", "lo", "up")
             _ip(

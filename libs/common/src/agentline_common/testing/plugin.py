@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +31,7 @@ import pytest_asyncio
 
 from agentline_common.bus import Bus
 from agentline_common.testing.netns import NetworkNamespace
+from agentline_common.testing.reaper import REAPER
 from agentline_common.testing.servers import (
     LiveKitServer,
     PostgresServer,
@@ -225,6 +227,14 @@ _INFRA_KEY = pytest.StashKey[Infrastructure]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_INFRA_KEY] = Infrastructure(TestInfraSettings())
+    # A SIGTERM (e.g. from `timeout`) would end the run without teardown; as an interrupt, pytest
+    # unwinds and the servers are stopped. A SIGKILL is the reaper's business.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -253,6 +263,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     infra = config.stash.get(_INFRA_KEY, None)
     if infra is not None:
         infra.close()
+    REAPER.close()
 
 
 @pytest.fixture(scope="session")

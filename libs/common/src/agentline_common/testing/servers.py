@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from agentline_common.testing.reaper import REAPER
+
 LIVEKIT_VERSION = "v1.13.5"
 LIVEKIT_BINARY = Path(f"/opt/agentline/livekit-server-{LIVEKIT_VERSION}/server")
 POSTGRES_BIN_DIRS = (Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"))
@@ -109,6 +111,7 @@ class ManagedProcess:
             cwd=self.cwd,
             start_new_session=True,
         )
+        REAPER.process_group(self.process.pid)
 
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -134,6 +137,7 @@ class ManagedProcess:
         # Children that outlived the leader (e.g. Erlang's helpers) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        REAPER.forget_process_group(process.pid)
         self.process = None
         if self._log is not None:
             self._log.close()
@@ -255,6 +259,8 @@ class RabbitMQServer:
         return [str(binary)]
 
     def spawn(self) -> None:
+        # Erlang's port mapper daemonizes itself, out of the broker's process group.
+        REAPER.shell(f"{_epmd()} -port {self.epmd_port} -kill")
         self._process = ManagedProcess(
             name="rabbitmq",
             argv=self.argv(),
@@ -290,15 +296,18 @@ class RabbitMQServer:
     def close(self) -> None:
         """Stop the node and its private epmd for good."""
         self.stop()
-        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(  # noqa: S603
-                [epmd, "-port", str(self.epmd_port), "-kill"],
+                [_epmd(), "-port", str(self.epmd_port), "-kill"],
                 env=self.environment(),
                 capture_output=True,
                 timeout=10,
                 check=False,
             )
+
+
+def _epmd() -> str:
+    return shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
 
 
 def _link_core_applications(target: Path) -> None:
