@@ -5,14 +5,14 @@ SHELL := /bin/bash
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down test test-python test-frontend e2e bench lint k8s-validate
+.PHONY: help setup up down test test-python test-frontend test-browser e2e bench lint k8s-validate
 
 help:
 	@echo "make setup         install everything (idempotent; seconds when nothing is missing)"
 	@echo "make up            run the whole platform on this machine (Ctrl-C or make down stops it)"
 	@echo "make down          stop what make up started"
 	@echo "make test          every test: unit, integration and end-to-end, then k8s-validate"
-	@echo "make e2e           only the end-to-end tests"
+	@echo "make e2e           only the end-to-end tests (Python, then the browser against the stack)"
 	@echo "make bench         every benchmark; prints a table, writes bench-results.json"
 	@echo "make lint          ruff and mypy"
 	@echo "make k8s-validate  render and validate the Kubernetes manifests"
@@ -33,6 +33,7 @@ test: setup
 	@status=0; \
 	$(MAKE) --no-print-directory test-python || status=1; \
 	$(MAKE) --no-print-directory test-frontend || status=1; \
+	$(MAKE) --no-print-directory test-browser || status=1; \
 	$(MAKE) --no-print-directory k8s-validate || status=1; \
 	exit $$status
 
@@ -43,9 +44,16 @@ test-frontend:
 	@if [[ -x scripts/test-frontend.sh ]]; then scripts/test-frontend.sh; \
 	else echo "test-frontend: scripts/test-frontend.sh not present yet"; fi
 
+# The Test Agent call in headless Chromium against the whole stack, inside a network namespace.
+test-browser:
+	@if [[ -x scripts/e2e-stack.sh ]]; then scripts/e2e-stack.sh; \
+	else echo "test-browser: scripts/e2e-stack.sh not present yet"; fi
+
 e2e: setup
-	uv run --frozen pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
-	@if [[ -x scripts/test-frontend.sh ]]; then scripts/test-frontend.sh e2e; fi
+	@status=0; \
+	uv run --frozen pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	$(MAKE) --no-print-directory test-browser || status=1; \
+	exit $$status
 
 bench: setup
 	uv run --frozen python scripts/bench.py
