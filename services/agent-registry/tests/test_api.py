@@ -26,6 +26,7 @@ from .conftest import RunningApp
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery staple"
+TOOL = {"name": "t", "description": "d", "url": "http://h/x"}
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 
@@ -71,15 +70,22 @@ async def test_process_dies_after_commit_and_the_next_relay_publishes(
         user = await service.create_user(session, email="crash@example.test", password="long-password")
         org = await service.create_org(session, owner=user.id, name="Org")
         await session.commit()
-    completed = subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "agentline_registry", "create-agent", "--org", str(org.id), "--name", "a"],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentline_registry",
+        "create-agent",
+        "--org",
+        str(org.id),
+        "--name",
+        "a",
         env={**os.environ, "DATABASE_URL": database.url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert "agent_id" in completed.stdout.splitlines()[-1]
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    assert "agent_id" in stdout.decode().splitlines()[-1]
     relay = _relay(database, bus)
     assert await relay.pending() == 1
     assert captured.events.empty()
