@@ -22,11 +22,21 @@ log = structlog.get_logger()
 BROKER_RETRY_SECONDS = 2.0
 
 
+class SessionLoad:
+    """The worker's load for LiveKit: the share of `max_sessions` in use."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self._max_sessions = max_sessions
+
+    def __call__(self, server: AgentServer) -> float:
+        return min(1.0, len(server.active_jobs) / self._max_sessions)
+
+
 def create_server(settings: WorkerSettings) -> AgentServer:
-    """The AgentServer: explicit dispatch under `settings.agent_name`, one process per call."""
+    """The AgentServer: explicit dispatch under `settings.agent_name`."""
     assert settings.livekit_api_key is not None and settings.livekit_api_secret is not None
     server = AgentServer(
-        job_executor_type=JobExecutorType.PROCESS,
+        job_executor_type=JobExecutorType(settings.job_executor),
         load_threshold=settings.load_threshold,
         drain_timeout=settings.drain_timeout_seconds,
         num_idle_processes=settings.num_idle_processes,
@@ -37,6 +47,8 @@ def create_server(settings: WorkerSettings) -> AgentServer:
         host=settings.health_host,
         port=0,
         setup_fnc=prewarm,
+        load_fnc=SessionLoad(settings.max_sessions),
+        initialize_process_timeout=settings.process_start_timeout_seconds,
     )
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=accept_job)
     return server

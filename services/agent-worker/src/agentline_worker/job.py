@@ -125,6 +125,11 @@ class Call:
         log.info("call.joined")
 
         caller = await self._wait_for_caller()
+        if caller is not None:
+            # A phone call's id comes from its CallSid, known only now.
+            self._session_id = session_id_for(self._room_name, self._ctx.job.metadata, caller.attributes)
+            bind_correlation_id(self._session_id.hex)
+            structlog.contextvars.bind_contextvars(session_id=str(self._session_id))
         try:
             plan = plan_session(
                 room_name=self._room_name,

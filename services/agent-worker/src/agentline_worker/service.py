@@ -83,11 +83,15 @@ def fallback_session_id(room_name: str) -> uuid.UUID:
     return uuid.uuid5(SESSION_NAMESPACE, room_name)
 
 
-def session_id_for(room_name: str, metadata: str) -> uuid.UUID:
-    """The session id of `room_name`: from the dispatch metadata if it names one, else derived.
+def session_id_for(room_name: str, metadata: str, attributes: Mapping[str, str] | None = None) -> uuid.UUID:
+    """The session id of a job: the caller's CallSid for phone calls, else the dispatch metadata's
+    `session_id`, else derived from the room name.
 
-    Used before the call is fully planned, so a refusal can still be reported on the right session.
+    Computed before the call is planned, so that a refusal is reported on the right session too.
     """
+    call_sid = (attributes or {}).get(SIP_CALL_SID)
+    if call_sid:
+        return phone_session_id(call_sid)
     try:
         body = json.loads(metadata) if metadata else {}
         return uuid.UUID(str(body["session_id"]))
@@ -140,7 +144,7 @@ def _plan_phone_call(room: PhoneRoom, attributes: Mapping[str, str]) -> PhoneCal
     return PhoneCallPlan(
         room_name=room.name,
         number=room.number,
-        session_id=phone_session_id(call_sid) if call_sid else fallback_session_id(room.name),
+        session_id=session_id_for(room.name, "", attributes),
         call_sid=call_sid,
         caller_number=attributes.get(SIP_CALLER_NUMBER) or None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from agentline_common.settings import CommonSettings
 from pydantic import Field, SecretStr
 
@@ -28,12 +30,21 @@ class WorkerSettings(CommonSettings):
     """Silence after which Silero VAD says the user stopped speaking."""
     endpointing_delay_seconds: float = Field(default=0.2, ge=0.0, le=5.0)
     """Further wait after the VAD's end of speech before the user's turn is over."""
+    job_executor: Literal["thread", "process"] = "thread"
+    """Where calls run. "thread": all calls share this process (a fraction of the memory per call,
+    no start-up per call); "process": one process per call, isolated from each other's crashes."""
     num_idle_processes: int = Field(default=1, ge=0, le=32)
     """Warm job processes kept ready, so a dispatch does not wait for a process to start."""
     drain_timeout_seconds: int = Field(default=900, ge=1)
     """How long SIGTERM waits for calls in progress before the worker exits anyway."""
-    load_threshold: float = Field(default=0.9, gt=0)
-    """CPU load (0..1) above which the worker tells LiveKit it is full; above 1 never full."""
+    max_sessions: int = Field(default=10, ge=1, le=200)
+    """Calls one worker carries at once. Its load is the share of these in use (not CPU: LiveKit
+    skips a worker whose reported load is above its target of 0.7, and a busy machine would
+    starve dispatch)."""
+    load_threshold: float = Field(default=0.7, gt=0, le=1.0)
+    """Share of `max_sessions` in use above which the worker tells LiveKit it is full."""
+    process_start_timeout_seconds: float = Field(default=60.0, gt=0)
+    """How long a job process may take to start (imports and Silero) on a busy machine."""
     job_memory_limit_mb: float = Field(default=0, ge=0)
     """Kill a job process above this (0: no limit)."""
 
