@@ -12,51 +12,20 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from agentline_common.bus import Bus
-from agentline_common.events import Event, SessionEnded, SessionStarted, phone_session_id
+from agentline_common.events import SessionEnded, SessionStarted, phone_session_id
 from agentline_common.rooms import LIVEKIT_GUID_ALPHABET, new_test_room
-from agentline_common.testing.services import RegistryService, WorkerService, random_e164
+from agentline_common.testing.services import (
+    RegistryService,
+    SessionEvents,
+    WorkerService,
+    random_e164,
+)
 from agentline_worker.service import SIP_CALL_SID, SIP_TRUNK_NUMBER
 from livekit import api, rtc
 
 pytestmark = pytest.mark.integration
 
 EVENT_WAIT = 30.0
-
-
-class SessionEvents:
-    """Every session.* event on the registry's exchange, for waiting on one in particular."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Condition()
-
-    async def on_event(self, event: Event) -> None:
-        async with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
-
-    async def wait_for(self, event_type: type[Event], session_id: uuid.UUID) -> Any:
-        def find() -> Event | None:
-            return next(
-                (e for e in self.events if isinstance(e, event_type) and e.session_id == session_id),
-                None,
-            )
-
-        try:
-            async with asyncio.timeout(EVENT_WAIT), self._changed:
-                await self._changed.wait_for(lambda: find() is not None)
-        except TimeoutError:
-            seen = [(e.type, str(e.session_id)) for e in self.events]
-            raise AssertionError(f"no {event_type.__name__} for {session_id}; seen {seen}") from None
-        return find()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def session_events(registry_bus: Bus) -> SessionEvents:
-    events = SessionEvents()
-    await registry_bus.subscribe(routing_keys=["session.*"], handler=events.on_event)
-    return events
 
 
 @pytest_asyncio.fixture(loop_scope="session")

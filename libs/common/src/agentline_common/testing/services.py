@@ -9,6 +9,8 @@ the HTTP API and the command line, as any other client would.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import os
 import secrets
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -30,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentline_common.bus import Bus
+from agentline_common.events import Event
 from agentline_common.testing.servers import (
     ManagedProcess,
     ServerError,
@@ -390,11 +394,13 @@ class WorkerService:
     health_port: int = field(default_factory=free_port)
     wrap: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    health_host_port: int | None = None
+    """Where the host reaches the health port, when the worker runs inside a namespace."""
     process: ManagedProcess | None = None
 
     @property
     def health_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.health_port}"
+        return f"http://{LOOPBACK}:{self.health_host_port or self.health_port}"
 
     @property
     def log_path(self) -> Path:
@@ -474,11 +480,16 @@ def new_worker(
     livekit: Any,
     registry: RegistryService,
     models: Any,
-    wrap: list[str] | None = None,
+    namespace: Any | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> WorkerService:
-    """A WorkerService (not started) on `livekit`, the registry's exchange and the `models` server."""
-    return WorkerService(
+    """A WorkerService (not started) on `livekit`, the registry's exchange and the `models` server.
+
+    With `namespace` (a NetworkNamespace) the worker runs inside it, where WebRTC media flows; the
+    broker, Redis and the model server are forwarded in at their loopback URLs, and its health port
+    is exposed back on the host.
+    """
+    worker = WorkerService(
         livekit_url=livekit.url,
         livekit_api_key=livekit.api_key,
         livekit_api_secret=livekit.api_secret,
@@ -488,9 +499,20 @@ def new_worker(
         models_url=models.base_url,
         models_api_key=models.api_key or "",
         base_dir=make_base_dir("worker"),
-        wrap=wrap or [],
         extra_env=extra_env or {},
     )
+    if namespace is not None:
+        for url in (registry.amqp_url, registry.redis_url, models.base_url):
+            port = urlsplit(url).port
+            assert port is not None, f"{url} names no port"
+            try:
+                namespace.forward_into(port)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise  # in use means forwarded already (LiveKit's Redis, say): fine
+        worker.wrap = list(namespace.exec_prefix)
+        worker.health_host_port = namespace.expose(worker.health_port, address=LOOPBACK)
+    return worker
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
@@ -514,8 +536,58 @@ def worker_service(
         yield service
     finally:
         service.stop()
-        shutil.copy(service.log_path, "/tmp/worker-last.log")  # DEBUG
         shutil.rmtree(service.base_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def netns_worker_service(
+    livekit_netns: Any, registry_service: RegistryService, worker_models: Any
+) -> Iterator[WorkerService]:
+    """An agent-worker inside `livekit_netns`'s namespace, so that it exchanges real media with
+    callers there; otherwise like `worker_service`."""
+    service = new_worker(
+        livekit=livekit_netns,
+        registry=registry_service,
+        models=worker_models,
+        namespace=livekit_netns.namespace,
+    )
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(service.base_dir, ignore_errors=True)
+
+
+SESSION_EVENT_WAIT = 30.0
+
+
+class SessionEvents:
+    """Every session.* event on the registry's exchange, for waiting on one in particular."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Condition()
+
+    async def on_event(self, event: Event) -> None:
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def wait_for(self, event_type: type[Event], session_id: uuid.UUID) -> Any:
+        def find() -> Event | None:
+            return next(
+                (e for e in self.events if isinstance(e, event_type) and e.session_id == session_id),
+                None,
+            )
+
+        try:
+            async with asyncio.timeout(SESSION_EVENT_WAIT), self._changed:
+                await self._changed.wait_for(lambda: find() is not None)
+        except TimeoutError:
+            seen = [(e.type, str(e.session_id)) for e in self.events]
+            raise AssertionError(f"no {event_type.__name__} for {session_id}; seen {seen}") from None
+        return find()
 
 
 # token-service ------------------------------------------------------------------------------------
@@ -635,5 +707,4 @@ def token_service(registry_service: RegistryService, livekit_server: Any) -> Ite
         yield service
     finally:
         service.stop()
-        shutil.copy(service.log_path, "/tmp/worker-last.log")  # DEBUG
         shutil.rmtree(service.base_dir, ignore_errors=True)
