@@ -59,6 +59,7 @@ def _events(session_id: uuid.UUID, agent_id: uuid.UUID, org_id: uuid.UUID) -> li
 
 
 def _fold(events: list[Event]) -> CallSession:
+    assert events[0].session_id is not None
     row = CallSession(id=events[0].session_id, status="")
     for event in events:
         merge_session_event(row, event)
@@ -107,7 +108,7 @@ def test_started_after_an_expiry_guess_revives_the_session() -> None:
 @pytest.mark.parametrize("reason", ["error", "agent_unavailable", "call_failed"])
 def test_failure_reasons_mark_the_session_failed(reason: str) -> None:
     session_id = uuid.uuid4()
-    ended = SessionEnded(session_id=session_id, data=SessionEndedData(reason=reason))  # type: ignore[arg-type]
+    ended = SessionEnded(session_id=session_id, data=SessionEndedData.model_validate({"reason": reason}))
     row = _fold([ended])
     assert row.status == "failed"
     assert row.end_reason == reason

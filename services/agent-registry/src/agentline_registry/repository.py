@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
 from agentline_common.events import Event
 from agentline_common.outbox import add_to_outbox
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import CursorResult, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from agentline_registry.tables import (
     OUTBOX,
@@ -44,10 +46,10 @@ async def get_org(db: AsyncSession, org_id: uuid.UUID) -> Org | None:
 
 async def orgs_of_user(db: AsyncSession, user_id: uuid.UUID) -> list[tuple[Org, str]]:
     rows = await db.execute(
-        select(Org, Membership.role)
-        .join(Membership, Membership.org_id == Org.id)  # type: ignore[arg-type]
-        .where(Membership.user_id == user_id)
-        .order_by(Org.created_at, Org.id)  # type: ignore[arg-type]
+        select(Org, col(Membership.role))
+        .join(Membership, col(Membership.org_id) == col(Org.id))
+        .where(col(Membership.user_id) == user_id)
+        .order_by(col(Org.created_at), col(Org.id))
     )
     return [(org, role) for org, role in rows.all()]
 
@@ -57,17 +59,19 @@ async def get_user(db: AsyncSession, user_id: uuid.UUID) -> User | None:
 
 
 async def user_by_email(db: AsyncSession, email: str) -> User | None:
-    rows = await db.execute(select(User).where(User.email == email))
+    rows = await db.execute(select(User).where(col(User.email) == email))
     return rows.scalar_one_or_none()
 
 
 async def set_password_hash(db: AsyncSession, user_id: uuid.UUID, password_hash: str) -> None:
-    await db.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))  # type: ignore[arg-type]
+    await db.execute(update(User).where(col(User.id) == user_id).values(password_hash=password_hash))
 
 
 async def role_of(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> str | None:
     rows = await db.execute(
-        select(Membership.role).where(Membership.user_id == user_id, Membership.org_id == org_id)
+        select(col(Membership.role)).where(
+            col(Membership.user_id) == user_id, col(Membership.org_id) == org_id
+        )
     )
     return rows.scalar_one_or_none()
 
@@ -78,24 +82,24 @@ async def get_membership(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.U
 
 async def members_of_org(db: AsyncSession, org_id: uuid.UUID) -> list[tuple[User, str]]:
     rows = await db.execute(
-        select(User, Membership.role)
-        .join(Membership, Membership.user_id == User.id)  # type: ignore[arg-type]
-        .where(Membership.org_id == org_id)
-        .order_by(Membership.created_at, User.email)  # type: ignore[arg-type]
+        select(User, col(Membership.role))
+        .join(Membership, col(Membership.user_id) == col(User.id))
+        .where(col(Membership.org_id) == org_id)
+        .order_by(col(Membership.created_at), col(User.email))
     )
     return [(user, role) for user, role in rows.all()]
 
 
 async def count_owners(db: AsyncSession, org_id: uuid.UUID) -> int:
     rows = await db.execute(
-        select(func.count()).where(Membership.org_id == org_id, Membership.role == "owner")
+        select(func.count()).where(col(Membership.org_id) == org_id, col(Membership.role) == "owner")
     )
     return int(rows.scalar_one())
 
 
 async def delete_membership(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> None:
     await db.execute(
-        delete(Membership).where(Membership.user_id == user_id, Membership.org_id == org_id)  # type: ignore[arg-type]
+        delete(Membership).where(col(Membership.user_id) == user_id, col(Membership.org_id) == org_id)
     )
 
 
@@ -109,11 +113,11 @@ async def get_agent(db: AsyncSession, agent_id: uuid.UUID) -> Agent | None:
 async def agents_of_org(
     db: AsyncSession, org_id: uuid.UUID, *, limit: int, offset: int
 ) -> tuple[list[Agent], int]:
-    total = await db.execute(select(func.count()).select_from(Agent).where(Agent.org_id == org_id))
+    total = await db.execute(select(func.count()).select_from(Agent).where(col(Agent.org_id) == org_id))
     rows = await db.execute(
         select(Agent)
-        .where(Agent.org_id == org_id)
-        .order_by(Agent.created_at, Agent.id)  # type: ignore[arg-type]
+        .where(col(Agent.org_id) == org_id)
+        .order_by(col(Agent.created_at), col(Agent.id))
         .limit(limit)
         .offset(offset)
     )
@@ -122,14 +126,16 @@ async def agents_of_org(
 
 async def agent_by_name(db: AsyncSession, *, org_id: uuid.UUID, name: str) -> Agent | None:
     rows = await db.execute(
-        select(Agent).where(Agent.org_id == org_id, Agent.name == name).order_by(Agent.created_at)  # type: ignore[arg-type]
+        select(Agent)
+        .where(col(Agent.org_id) == org_id, col(Agent.name) == name)
+        .order_by(col(Agent.created_at))
     )
     return rows.scalars().first()
 
 
 async def delete_agent(db: AsyncSession, agent_id: uuid.UUID) -> None:
-    await db.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent_id))  # type: ignore[arg-type]
-    await db.execute(delete(Agent).where(Agent.id == agent_id))  # type: ignore[arg-type]
+    await db.execute(delete(PhoneNumber).where(col(PhoneNumber.agent_id) == agent_id))
+    await db.execute(delete(Agent).where(col(Agent.id) == agent_id))
 
 
 async def numbers_of_agents(db: AsyncSession, agent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
@@ -137,9 +143,9 @@ async def numbers_of_agents(db: AsyncSession, agent_ids: Sequence[uuid.UUID]) ->
     if not agent_ids:
         return numbers
     rows = await db.execute(
-        select(PhoneNumber.agent_id, PhoneNumber.number)
-        .where(PhoneNumber.agent_id.in_(agent_ids))  # type: ignore[attr-defined]
-        .order_by(PhoneNumber.number)
+        select(col(PhoneNumber.agent_id), col(PhoneNumber.number))
+        .where(col(PhoneNumber.agent_id).in_(agent_ids))
+        .order_by(col(PhoneNumber.number))
     )
     for agent_id, number in rows.all():
         numbers[agent_id].append(number)
@@ -152,13 +158,13 @@ async def get_number(db: AsyncSession, number: str) -> PhoneNumber | None:
 
 async def numbers_of_org(db: AsyncSession, org_id: uuid.UUID) -> list[PhoneNumber]:
     rows = await db.execute(
-        select(PhoneNumber).where(PhoneNumber.org_id == org_id).order_by(PhoneNumber.number)
+        select(PhoneNumber).where(col(PhoneNumber.org_id) == org_id).order_by(col(PhoneNumber.number))
     )
     return list(rows.scalars().all())
 
 
 async def delete_number(db: AsyncSession, number: str) -> None:
-    await db.execute(delete(PhoneNumber).where(PhoneNumber.number == number))  # type: ignore[arg-type]
+    await db.execute(delete(PhoneNumber).where(col(PhoneNumber.number) == number))
 
 
 # The call log
@@ -172,12 +178,12 @@ async def sessions_of_agent(
     db: AsyncSession, agent_id: uuid.UUID, *, limit: int, offset: int
 ) -> tuple[list[CallSession], int]:
     total = await db.execute(
-        select(func.count()).select_from(CallSession).where(CallSession.agent_id == agent_id)
+        select(func.count()).select_from(CallSession).where(col(CallSession.agent_id) == agent_id)
     )
     rows = await db.execute(
         select(CallSession)
-        .where(CallSession.agent_id == agent_id)
-        .order_by(CallSession.created_at.desc(), CallSession.id)  # type: ignore[attr-defined]
+        .where(col(CallSession.agent_id) == agent_id)
+        .order_by(col(CallSession.created_at).desc(), col(CallSession.id))
         .limit(limit)
         .offset(offset)
     )
@@ -190,20 +196,19 @@ async def expire_requested_sessions(db: AsyncSession, *, now: datetime, default_
     result = await db.execute(
         update(CallSession)
         .where(
-            CallSession.status == "requested",
+            col(CallSession.status) == "requested",
             (
-                (CallSession.expires_at.is_not(None) & (CallSession.expires_at < now))  # type: ignore[union-attr]
-                | (
-                    CallSession.expires_at.is_(None)  # type: ignore[union-attr]
-                    & (CallSession.created_at < default_deadline)
-                )
+                (col(CallSession.expires_at).is_not(None) & (col(CallSession.expires_at) < now))
+                | (col(CallSession.expires_at).is_(None) & (col(CallSession.created_at) < default_deadline))
             ),
         )
         .values(status="expired", end_reason="expired", ended_at=now, updated_at=now)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 async def count_sessions_with_status(db: AsyncSession, status: str) -> int:
-    rows = await db.execute(select(func.count()).select_from(CallSession).where(CallSession.status == status))
+    rows = await db.execute(
+        select(func.count()).select_from(CallSession).where(col(CallSession.status) == status)
+    )
     return int(rows.scalar_one())

@@ -299,7 +299,7 @@ async def _announce(db: AsyncSession, agent: Agent, change: str, *, numbers: lis
         AgentChanged(
             org_id=agent.org_id,
             agent_id=agent.id,
-            data=AgentChangedData(change=change, phone_numbers=sorted(set(numbers))),  # type: ignore[arg-type]
+            data=AgentChangedData(change=change, phone_numbers=sorted(set(numbers))),
         ),
     )
 
@@ -477,16 +477,16 @@ def merge_session_event(row: CallSession, event: Event) -> None:
     row.org_id = row.org_id or event.org_id
     row.agent_id = row.agent_id or event.agent_id
     if isinstance(event, SessionRequested):
-        data = event.data
-        row.kind = data.kind
-        row.room_name = row.room_name or data.room_name
+        request = event.data
+        row.kind = request.kind
+        row.room_name = row.room_name or request.room_name
         row.requested_at = event.occurred_at
-        row.expires_at = data.expires_at
-        row.requested_by = data.requested_by
-        if data.call is not None:
-            row.call_sid = data.call.sid
-            row.from_number = data.call.from_number
-            row.to_number = data.call.to_number
+        row.expires_at = request.expires_at
+        row.requested_by = request.requested_by
+        if request.call is not None:
+            row.call_sid = request.call.sid
+            row.from_number = request.call.from_number
+            row.to_number = request.call.to_number
         if not row.status:
             row.status = "requested"
     elif isinstance(event, SessionStarted):
