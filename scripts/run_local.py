@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -150,7 +151,21 @@ def service_environment(secret: dict[str, str], settings: LocalRunSettings) -> d
     }
 
 
-def infrastructure(secret: dict[str, str]) -> list[Program]:
+def livekit_config(node_ip: str | None) -> Path:
+    """deploy/local/livekit.yaml, or a copy of it in the state directory that announces `node_ip`
+    for media (LiveKit's --node-ip flag does not override the file's node_ip)."""
+    source = ROOT / "deploy/local/livekit.yaml"
+    if node_ip is None:
+        return source
+    text, count = re.subn(r"(?m)^(\s+node_ip:).*$", rf"\g<1> {node_ip}", source.read_text())
+    if count != 1:
+        raise RuntimeError(f"{source} has {count} node_ip lines, expected one")
+    path = LOCAL / "livekit.yaml"
+    path.write_text(text)
+    return path
+
+
+def infrastructure(secret: dict[str, str], *, livekit_node_ip: str | None = None) -> list[Program]:
     (LOCAL / "redis").mkdir(parents=True, exist_ok=True)
     rabbitmq = RabbitMQServer(
         base_dir=LOCAL / "rabbitmq",
@@ -178,7 +193,7 @@ def infrastructure(secret: dict[str, str]) -> list[Program]:
         ),
         Program(
             "livekit",
-            [str(LIVEKIT_BINARY), "--config", str(ROOT / "deploy/local/livekit.yaml")],
+            [str(LIVEKIT_BINARY), "--config", str(livekit_config(livekit_node_ip))],
             env={"LIVEKIT_KEYS": livekit_keys},
             ready=http_ok(f"http://{HOST}:{LIVEKIT_PORT}/"),
             essential=True,
@@ -186,7 +201,7 @@ def infrastructure(secret: dict[str, str]) -> list[Program]:
     ]
 
 
-def services(env: dict[str, str], *, fake_models: bool) -> list[Program]:
+def services(env: dict[str, str], *, fake_models: bool, console: bool = True) -> list[Program]:
     """The four services, the fake models, the gateway and the console: add new parts here."""
     programs: list[Program] = []
 
@@ -253,7 +268,7 @@ def services(env: dict[str, str], *, fake_models: bool) -> list[Program]:
                 ready=lambda: port_in_use(GATEWAY_PORT),
             )
         )
-    if (ROOT / "frontend/package.json").exists() and (ROOT / "frontend/node_modules").exists():
+    if console and (ROOT / "frontend/package.json").exists() and (ROOT / "frontend/node_modules").exists():
         programs.append(
             Program(
                 "console",
@@ -352,7 +367,13 @@ class Supervisor:
             await epmd.wait()
 
 
-async def main(settings: LocalRunSettings) -> int:
+async def main(
+    settings: LocalRunSettings,
+    *,
+    livekit_node_ip: str | None = None,
+    ready_file: Path | None = None,
+    console: bool = True,
+) -> int:
     busy = [
         port
         for port in (AMQP_PORT, REDIS_PORT, LIVEKIT_PORT, REGISTRY_PORT, TOKEN_PORT, GATEWAY_PORT)
@@ -371,7 +392,9 @@ async def main(settings: LocalRunSettings) -> int:
     PID_FILE.parent.mkdir(parents=True, exist_ok=True)
     PID_FILE.write_text(str(os.getpid()))
     try:
-        await asyncio.gather(*(supervisor.start(p) for p in infrastructure(secret)))
+        await asyncio.gather(
+            *(supervisor.start(p) for p in infrastructure(secret, livekit_node_ip=livekit_node_ip))
+        )
         login = None
         if console_script("agentline-registry"):
             await supervisor.run_once("registry-migrate", ["agentline-registry", "migrate"], env)
@@ -379,9 +402,14 @@ async def main(settings: LocalRunSettings) -> int:
             if settings.demo_password:
                 seed += ["--password", settings.demo_password]
             login = json.loads(await supervisor.run_once("registry-seed", seed, env))
-        for program in services(env, fake_models=fake_models):
+        for program in services(env, fake_models=fake_models, console=console):
             await supervisor.start(program)
         print_banner(login, fake_models=fake_models)
+        if ready_file is not None:
+            # Written last and renamed into place, so a reader never sees half of it.
+            partial = ready_file.with_suffix(".partial")
+            partial.write_text(json.dumps(login or {}))
+            partial.replace(ready_file)
         await supervisor.stopping.wait()
         return 0
     except RuntimeError as error:
@@ -409,5 +437,38 @@ def print_banner(login: dict[str, str] | None, *, fake_models: bool) -> None:
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__).parse_args()
-    sys.exit(asyncio.run(main(LocalRunSettings())))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=LOCAL,
+        help="where broker data, databases and secrets live (default: .local/)",
+    )
+    parser.add_argument(
+        "--livekit-node-ip",
+        help="the address LiveKit hands clients for media (default: livekit.yaml's 127.0.0.1); "
+        "scripts/e2e-stack.sh passes its network namespace's address",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="written with the demo login as JSON once every program is ready",
+    )
+    parser.add_argument(
+        "--no-console",
+        action="store_true",
+        help="leave the console out (scripts/e2e-stack.sh serves a production build of it instead)",
+    )
+    args = parser.parse_args()
+    LOCAL = args.state_dir.resolve()
+    PID_FILE = LOCAL / "run" / "supervisor.pid"
+    sys.exit(
+        asyncio.run(
+            main(
+                LocalRunSettings(),
+                livekit_node_ip=args.livekit_node_ip,
+                ready_file=args.ready_file,
+                console=not args.no_console,
+            )
+        )
+    )
