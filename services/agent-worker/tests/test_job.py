@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from agentline_common.testing.services import (
     RegistryService,
     SessionEvents,
     WorkerService,
+    new_worker,
     random_e164,
 )
 from agentline_worker.service import SIP_CALL_SID, SIP_TRUNK_NUMBER
@@ -146,5 +148,103 @@ async def test_an_unavailable_agent_ends_the_session_and_leaves(
         await wait_for_agent_to_leave(livekit_api, room.name)
         started = [e for e in session_events.events if isinstance(e, SessionStarted)]
         assert session_id not in [e.session_id for e in started]
+    finally:
+        await caller.disconnect()
+
+
+@pytest.fixture
+def own_worker(
+    livekit_server: Any, running_registry: RegistryService, worker_models: Any
+) -> Iterator[Callable[[int], WorkerService]]:
+    """Start a worker of this test alone (the test stops it), with the given drain timeout."""
+    started: list[WorkerService] = []
+
+    def start(drain_timeout_seconds: int) -> WorkerService:
+        worker = new_worker(
+            livekit=livekit_server,
+            registry=running_registry,
+            models=worker_models,
+            extra_env={"DRAIN_TIMEOUT_SECONDS": str(drain_timeout_seconds)},
+        )
+        started.append(worker)
+        worker.start()
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+            shutil.rmtree(worker.base_dir, ignore_errors=True)
+
+
+async def start_phone_call(
+    registry: RegistryService,
+    worker: WorkerService,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    events: SessionEvents,
+) -> tuple[rtc.Room, uuid.UUID]:
+    tenant = registry.new_tenant(number=random_e164())
+    assert tenant.number is not None
+    room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
+    caller = await join_as_caller(
+        livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+    )
+    await dispatch(livekit_api, worker, room_name)
+    return caller, phone_session_id(call_sid)
+
+
+async def test_sigterm_drains_calls_in_progress_and_takes_no_new_ones(
+    own_worker: Callable[[int], WorkerService],
+    running_registry: RegistryService,
+    session_events: SessionEvents,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+) -> None:
+    worker = await asyncio.to_thread(own_worker, 60)
+    caller, session_id = await start_phone_call(
+        running_registry, worker, livekit_server, livekit_api, session_events
+    )
+    late_caller: rtc.Room | None = None
+    try:
+        await session_events.wait_for(SessionStarted, session_id)
+        worker.send_sigterm()
+        assert await asyncio.to_thread(worker.wait_exit, 3.0) is None  # still serving the call
+        readiness = worker.readiness()
+        assert readiness["checks"]["accepting_jobs"] is False
+
+        late_caller, late_session = await start_phone_call(
+            running_registry, worker, livekit_server, livekit_api, session_events
+        )
+        await asyncio.sleep(5)
+        assert late_session not in [e.session_id for e in session_events.events]
+        assert await asyncio.to_thread(worker.wait_exit, 0.1) is None
+    finally:
+        await caller.disconnect()
+        if late_caller is not None:
+            await late_caller.disconnect()
+    ended: SessionEnded = await session_events.wait_for(SessionEnded, session_id)
+    assert ended.data.reason == "user_hangup"
+    assert await asyncio.to_thread(worker.wait_exit, 30.0) == 0
+
+
+async def test_a_call_cut_by_shutdown_still_reports_its_end(
+    own_worker: Callable[[int], WorkerService],
+    running_registry: RegistryService,
+    session_events: SessionEvents,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+) -> None:
+    worker = await asyncio.to_thread(own_worker, 2)
+    caller, session_id = await start_phone_call(
+        running_registry, worker, livekit_server, livekit_api, session_events
+    )
+    try:
+        await session_events.wait_for(SessionStarted, session_id)
+        worker.send_sigterm()
+        ended: SessionEnded = await session_events.wait_for(SessionEnded, session_id)
+        assert ended.data.reason == "worker_shutdown"
+        assert await asyncio.to_thread(worker.wait_exit, 30.0) == 0
     finally:
         await caller.disconnect()

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentline_common.bus import Bus
 from agentline_common.events import Event
+from agentline_common.testing.fake_openai import fake_openai  # noqa: F401 - a fixture, registered here
 from agentline_common.testing.servers import (
     ManagedProcess,
     ServerError,
@@ -588,6 +589,14 @@ class SessionEvents:
             seen = [(e.type, str(e.session_id)) for e in self.events]
             raise AssertionError(f"no {event_type.__name__} for {session_id}; seen {seen}") from None
         return find()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def session_events(registry_bus: Bus) -> SessionEvents:
+    """Every session.* event on the registry's exchange from now on (see SessionEvents)."""
+    events = SessionEvents()
+    await registry_bus.subscribe(routing_keys=["session.*"], handler=events.on_event)
+    return events
 
 
 # token-service ------------------------------------------------------------------------------------
