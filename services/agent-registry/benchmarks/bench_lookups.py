@@ -1,9 +1,10 @@
-"""Agent look-ups through RegistryClient at 32 concurrent callers, with a cold and a warm Redis cache.
+"""Agent look-ups through RegistryClient at 32 concurrent callers: cold, warm Redis, warm.
 
 Everything is real and on loopback: RabbitMQ, Redis and the registry's console script (SQLite). A
-cold look-up drops the agent's cache entry first (not timed), so it pays the bus round trip to the
-registry and its database read; a warm one is answered from Redis. The callers share the machine's
-two cores with the broker, Redis and the registry.
+cold look-up drops the agent from both cache layers first (not timed), so it pays the bus round trip
+to the registry and its database read; "warm Redis" drops only the process layer, so it is answered
+by Redis; "warm" is what a busy service sees: the process layer (1 s) in front of Redis. The callers
+share the machine's two cores with the broker, Redis and the registry.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ GOAL_WARM_P99_MS = 5.0
 
 
 async def measure(
-    client: RegistryClient, redis: Redis, agent_ids: list[uuid.UUID], *, cold: bool, total: int
+    client: RegistryClient, redis: Redis, agent_ids: list[uuid.UUID], *, warm: str, total: int
 ) -> LoadResult:
     """`total` look-ups spread over the agents; only the look-up itself is timed."""
     latencies: list[float] = []
@@ -42,8 +43,10 @@ async def measure(
         while remaining > 0:
             remaining -= 1
             agent_id = next(ids)
-            if cold:
+            if warm == "none":
                 await redis.delete(agent_key(agent_id))
+            if warm != "all":
+                client.clear_local_cache()
             began = time.perf_counter()
             await client.get_agent(agent_id)
             latencies.append((time.perf_counter() - began) * 1000)
@@ -93,13 +96,15 @@ async def run() -> list[dict[str, Any]]:
         client = RegistryClient(bus=bus, redis=redis, ttl_seconds=600)
         await client.start()
 
-        await measure(client, redis, agent_ids, cold=True, total=WARM_UP)
-        cold = await measure(client, redis, agent_ids, cold=True, total=LOOKUPS)
+        await measure(client, redis, agent_ids, warm="none", total=WARM_UP)
+        cold = await measure(client, redis, agent_ids, warm="none", total=LOOKUPS)
         for agent_id in agent_ids:
             await client.get_agent(agent_id)
-        warm = await measure(client, redis, agent_ids, cold=False, total=LOOKUPS)
+        warm_redis = await measure(client, redis, agent_ids, warm="redis", total=LOOKUPS)
+        warm = await measure(client, redis, agent_ids, warm="all", total=LOOKUPS)
         return [
             *_records("cold", cold, goal_p99=None),
+            *_records("warm Redis", warm_redis, goal_p99=None),
             *_records("warm", warm, goal_p99=GOAL_WARM_P99_MS),
         ]
     finally:

@@ -1,13 +1,17 @@
-"""How every service looks up agents: RPC to the registry over the bus, cached in Redis.
+"""How every service looks up agents: RPC to the registry over the bus, cached in two layers.
 
-The cache keeps an agent for `ttl_seconds` at most and drops it as soon as an `agent.changed` event
-arrives (`start` subscribes this process), so a deactivated agent is refused everywhere within about
-the broker's delivery time, and within the TTL even if an event were missed.
+Redis, shared by every process, keeps an agent for `ttl_seconds`; a small map in this process keeps it
+for `local_ttl_seconds` (one second), so a hot agent costs no network round trip at all. Both layers
+drop an entry as soon as an `agent.changed` event arrives (`start` subscribes this process), so a
+deactivated agent is refused everywhere within the broker's delivery time; were an event missed, the
+process layer still forgets within a second and Redis within its TTL.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections import OrderedDict
 from uuid import UUID
 
 import structlog
@@ -23,6 +27,8 @@ from agentline_common.rooms import require_e164
 log = structlog.get_logger()
 
 DEFAULT_TTL_SECONDS = 60
+DEFAULT_LOCAL_TTL_SECONDS = 1.0
+LOCAL_CACHE_SIZE = 4096
 
 
 class AgentNotFound(Exception):
@@ -50,11 +56,14 @@ class RegistryClient:
         bus: Bus,
         redis: Redis,
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        local_ttl_seconds: float = DEFAULT_LOCAL_TTL_SECONDS,
         timeout: float = DEFAULT_RPC_TIMEOUT,
     ) -> None:
         self._bus = bus
         self._redis = redis
         self._ttl = ttl_seconds
+        self._local_ttl = local_ttl_seconds
+        self._local: OrderedDict[str, tuple[float, AgentConfig]] = OrderedDict()
         self._timeout = timeout
         self.hits = 0
         self.misses = 0
@@ -76,20 +85,50 @@ class RegistryClient:
         if not isinstance(event, AgentChanged) or event.agent_id is None:
             return
         keys = [agent_key(event.agent_id), *(number_key(n) for n in event.data.phone_numbers)]
+        self._forget_locally(keys)
         try:
             await self._redis.delete(*keys)
         except RedisError:
             log.warning("registry_client.invalidation_failed", agent_id=str(event.agent_id))
 
+    def clear_local_cache(self) -> None:
+        """Forget what this process holds; the next look-ups go to Redis (benchmarks, tests)."""
+        self._local.clear()
+
     async def _cached(self, key: str, method: str, params: dict[str, str]) -> AgentConfig:
-        cached = await self._read_cache(key)
+        cached = self._read_local(key)
+        if cached is None:
+            cached = await self._read_cache(key)
+            if cached is not None:
+                self._write_local(key, cached)
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
         agent = await self._ask_registry(method, params)
         await self._write_cache(agent)
+        self._write_local(key, agent)
         return agent
+
+    def _read_local(self, key: str) -> AgentConfig | None:
+        entry = self._local.get(key)
+        if entry is None:
+            return None
+        expires_at, agent = entry
+        if expires_at < time.monotonic():
+            del self._local[key]
+            return None
+        return agent
+
+    def _write_local(self, key: str, agent: AgentConfig) -> None:
+        self._local[key] = (time.monotonic() + self._local_ttl, agent)
+        self._local.move_to_end(key)
+        while len(self._local) > LOCAL_CACHE_SIZE:
+            self._local.popitem(last=False)
+
+    def _forget_locally(self, keys: list[str]) -> None:
+        for key in keys:
+            self._local.pop(key, None)
 
     async def _ask_registry(self, method: str, params: dict[str, str]) -> AgentConfig:
         try:
