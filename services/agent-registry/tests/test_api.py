@@ -449,7 +449,7 @@ async def test_operational_endpoints(world: World) -> None:
     histogram = [
         line
         for line in metrics.splitlines()
-        if line.startswith("agentline_registry_http_request_duration_seconds_count")
+        if line.startswith("agentline_http_request_duration_seconds_count")
         and 'route="/api/v1/agents/{agent_id}"' in line
     ]
     assert histogram, "no latency histogram for the agent route"

@@ -16,11 +16,11 @@ from typing import Annotated, Any
 
 import jwt
 from agentline_common.auth import ALGORITHM, UserClaims
+from agentline_common.http import metrics_response
 from agentline_common.rooms import E164_PATTERN
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -341,4 +341,4 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus metrics."""
     await runtime.refresh_gauges()
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return metrics_response(runtime.metrics.registry)

@@ -1,13 +1,12 @@
-"""The registry's FastAPI app: factory, lifespan, error mapping, request metrics."""
+"""The registry's FastAPI app: factory, lifespan, error mapping, the shared HTTP edge."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from agentline_common.logging import CORRELATION_HEADER, bind_correlation_id
+from agentline_common.http import ObservedRequests
 from agentline_common.rooms import InvalidPhoneNumber
 from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -15,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from agentline_registry import service
 from agentline_registry.api import NotAuthenticated, operations, router
-from agentline_registry.runtime import Runtime, bootstrap, shutdown
+from agentline_registry.metrics import RegistryMetrics
+from agentline_registry.runtime import bootstrap, shutdown
 from agentline_registry.settings import RegistrySettings
 
 log = structlog.get_logger()
@@ -23,10 +23,11 @@ log = structlog.get_logger()
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
+    metrics = RegistryMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await bootstrap(settings)
+        runtime = await bootstrap(settings, metrics=metrics)
         app.state.runtime = runtime
         try:
             yield
@@ -42,7 +43,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(operations)
     _map_errors(app)
-    app.middleware("http")(_observe)
+    app.add_middleware(ObservedRequests, latency=metrics.request_seconds)
     return app
 
 
@@ -77,19 +78,3 @@ def _map_errors(app: FastAPI) -> None:
     app.add_exception_handler(NotAuthenticated, unauthenticated)
     app.add_exception_handler(InvalidPhoneNumber, bad_number)
     app.add_exception_handler(IntegrityError, integrity)
-
-
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Carry the correlation id and time the request under its route template."""
-    correlation_id = bind_correlation_id(request.headers.get(CORRELATION_HEADER))
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is not None:
-        runtime.metrics.request_seconds.labels(
-            method=request.method, route=template, status=str(response.status_code)
-        ).observe(time.perf_counter() - started)
-    response.headers[CORRELATION_HEADER] = correlation_id
-    return response

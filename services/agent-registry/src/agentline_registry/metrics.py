@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from agentline_common.http import request_latency_histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class RegistryMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.request_seconds = Histogram(
-            "agentline_registry_http_request_duration_seconds",
-            "HTTP request latency by route template, method and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
-            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-        )
+        self.request_seconds = request_latency_histogram(self.registry)
         self.lookups = Counter(
             "agentline_registry_lookups_total",
             "Agent look-ups answered over the bus, by method and result.",

@@ -81,13 +81,12 @@ async def _connect_bus(settings: RegistrySettings) -> Bus:
             await asyncio.sleep(1.0)
 
 
-async def bootstrap(settings: RegistrySettings) -> Runtime:
+async def bootstrap(settings: RegistrySettings, *, metrics: RegistryMetrics) -> Runtime:
     engine = create_engine(settings.database_url)
     bus = await _connect_bus(settings)
     redis = Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=2.0, socket_connect_timeout=2.0
     )
-    metrics = RegistryMetrics()
     runtime = Runtime(
         settings=settings,
         engine=engine,
