@@ -160,7 +160,10 @@ async def test_health_readiness_and_metrics(start_gateway: GatewayFactory, uniqu
     text = metrics.text
     assert 'agentline_telephony_webhooks_rejected_total{webhook="incoming"} 1.0' in text
     assert 'agentline_telephony_webhooks_answered_total{outcome="bad_request",webhook="incoming"} 1.0' in text
-    assert 'agentline_telephony_webhook_duration_seconds_count{webhook="incoming"} 1.0' in text
+    assert (
+        'agentline_http_request_duration_seconds_count{method="POST",'
+        'route="/api/v1/voice/twilio/incoming",status="200"} 1.0'
+    ) in text
     assert "agentline_telephony_outbox_pending 0.0" in text
 
 

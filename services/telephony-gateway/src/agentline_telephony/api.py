@@ -9,7 +9,6 @@ gets TwiML, whatever its form says, because Twilio plays an error to the caller 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,10 +17,10 @@ from urllib.parse import parse_qsl
 
 import structlog
 from agentline_common.bus import Bus
+from agentline_common.http import metrics_response
 from agentline_common.outbox import OutboxRelay
 from agentline_common.registry_client import RegistryClient
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -121,7 +120,6 @@ async def incoming_call(form: VerifiedForm, gateway: GatewayDep) -> Response:
     message with a hang-up otherwise (unknown number, inactive agent, registry not answering, unusable
     form). A retried webhook (same CallSid) gets the first answer again and starts no second session.
     """
-    started = time.perf_counter()
     answer = await service.answer_incoming(
         form,
         lookup=gateway.registry,
@@ -132,7 +130,6 @@ async def incoming_call(form: VerifiedForm, gateway: GatewayDep) -> Response:
     if answer.event is not None:
         gateway.relay.wake()
     gateway.metrics.webhooks_answered.labels("incoming", answer.outcome.value).inc()
-    gateway.metrics.webhook_latency.labels("incoming").observe(time.perf_counter() - started)
     return twiml_response(answer.twiml)
 
 
@@ -143,12 +140,10 @@ async def call_status(form: VerifiedForm, gateway: GatewayDep) -> Response:
     A call that never reached its agent (busy, failed, no-answer, canceled) ends its session with
     reason `call_failed`; after a failed bridge the caller hears why before the hang-up.
     """
-    started = time.perf_counter()
     body, ended = await service.handle_status(form, calls=gateway.calls)
     if ended:
         gateway.relay.wake()
     gateway.metrics.webhooks_answered.labels("status", "session_ended" if ended else "noted").inc()
-    gateway.metrics.webhook_latency.labels("status").observe(time.perf_counter() - started)
     return twiml_response(body)
 
 
@@ -185,7 +180,7 @@ async def metrics(gateway: GatewayDep) -> Response:
     gateway.metrics.outbox_publish_failures.set(gateway.relay.failures)
     gateway.metrics.lookup_cache_hits.set(gateway.registry.hits)
     gateway.metrics.lookup_cache_misses.set(gateway.registry.misses)
-    return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return metrics_response(gateway.metrics.registry)
 
 
 async def _ping_database(engine: AsyncEngine) -> None:

@@ -10,12 +10,12 @@ from datetime import timedelta
 
 import structlog
 from agentline_common.bus import Bus, BusUnavailable
-from agentline_common.logging import CORRELATION_HEADER, bind_correlation_id, configure_logging
+from agentline_common.http import ObservedRequests
+from agentline_common.logging import configure_logging
 from agentline_common.outbox import OutboxRelay
 from agentline_common.registry_client import RegistryClient
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from twilio.request_validator import RequestValidator
 
 from agentline_telephony.api import STATUS_PATH, Gateway, router
@@ -82,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bus=bus,
         redis=redis,
         engine=engine,
-        metrics=GatewayMetrics(),
+        metrics=app.state.metrics,
     )
     connecting = asyncio.create_task(connect_bus_until_up(bus, registry), name="bus-connect")
     relay.start()
@@ -100,31 +100,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("telephony.stopped")
 
 
-class CorrelationMiddleware:
-    """Binds the request's correlation id (or a new one) so the events it causes carry it.
-
-    Plain ASGI rather than BaseHTTPMiddleware: it runs on every webhook and costs nearly nothing.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        header = CORRELATION_HEADER.encode()
-        given = next((value for name, value in scope["headers"] if name == header), None)
-        correlation_id = bind_correlation_id(given.decode("latin-1") if given else None)
-
-        async def send_with_correlation(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((header, correlation_id.encode()))
-            await send(message)
-
-        await self.app(scope, receive, send_with_correlation)
-
-
 def create_app(settings: TelephonySettings | None = None) -> FastAPI:
     settings = settings or TelephonySettings()
     configure_logging(service=settings.service_name, json=settings.json_logs, level=settings.log_level)
@@ -135,6 +110,7 @@ def create_app(settings: TelephonySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_middleware(CorrelationMiddleware)
+    app.state.metrics = metrics = GatewayMetrics()
+    app.add_middleware(ObservedRequests, latency=metrics.request_latency)
     app.include_router(router)
     return app

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+from agentline_common.http import request_latency_histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 @dataclass
@@ -26,13 +25,7 @@ class GatewayMetrics:
             ["webhook"],
             registry=self.registry,
         )
-        self.webhook_latency = Histogram(
-            "agentline_telephony_webhook_duration_seconds",
-            "Time from request to TwiML, by webhook.",
-            ["webhook"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.request_latency = request_latency_histogram(self.registry)
         self.outbox_pending = Gauge(
             "agentline_telephony_outbox_pending",
             "Events stored but not yet confirmed by the broker.",
