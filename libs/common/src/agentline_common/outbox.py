@@ -129,17 +129,27 @@ class OutboxRelay:
             return len(rows.all())
 
     async def relay_once(self) -> int:
-        """Publish what is pending, oldest first; stop at the first failure. Returns rows published."""
+        """Publish what is pending, oldest first; stop at the first failure. Returns rows published.
+
+        Rows are published one by one, in order, and marked sent together once per batch: one write
+        transaction per batch instead of per row keeps the relay from competing with the service's
+        own writes. A crash before the mark republishes the batch, which consumers absorb.
+        """
         published = 0
         while True:
             batch = await self._unsent_batch()
             if not batch:
                 return published
+            sent: list[object] = []
+            failed = False
             for event_id, body, correlation_id in batch:
                 if not await self._publish_row(event_id, body, correlation_id):
-                    return published
-                published += 1
-            if len(batch) < self._batch_size:
+                    failed = True
+                    break
+                sent.append(event_id)
+            await self._mark_sent(sent)
+            published += len(sent)
+            if failed or len(batch) < self._batch_size:
                 return published
 
     async def purge_sent(self) -> None:
@@ -179,9 +189,8 @@ class OutboxRelay:
         try:
             event = parse_event(body)
         except ValidationError as error:
-            # A row this code cannot read would block every later one; park it as failed and go on.
+            # A row this code cannot read would block every later one; park it as sent and go on.
             log.error("outbox.row_unreadable", event_id=str(event_id), error=str(error)[:300])
-            await self._mark(event_id, sent=True, error="unreadable")
             return True
         bind_correlation_id(correlation_id)
         try:
@@ -189,17 +198,28 @@ class OutboxRelay:
         except PublishError as error:
             self.failures += 1
             log.warning("outbox.publish_failed", event_id=str(event_id), error=str(error)[:300])
-            await self._mark(event_id, sent=False, error=str(error)[:500])
+            await self._mark_failed(event_id, error=str(error)[:500])
             return False
-        await self._mark(event_id, sent=True, error=None)
         self.published += 1
         log.info("outbox.published", event_id=str(event_id), event_type=event.type)
         return True
 
-    async def _mark(self, event_id: object, *, sent: bool, error: str | None) -> None:
+    async def _mark_sent(self, event_ids: list[object]) -> None:
+        if not event_ids:
+            return
         table = self._table
-        values: dict[str, object] = {"attempts": table.c.attempts + 1, "last_error": error}
-        if sent:
-            values["sent_at"] = datetime.now(UTC)
         async with self._engine.begin() as connection:
-            await connection.execute(update(table).where(table.c.id == event_id).values(**values))
+            await connection.execute(
+                update(table)
+                .where(table.c.id.in_(event_ids))
+                .values(sent_at=datetime.now(UTC), attempts=table.c.attempts + 1, last_error=None)
+            )
+
+    async def _mark_failed(self, event_id: object, *, error: str) -> None:
+        table = self._table
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(table)
+                .where(table.c.id == event_id)
+                .values(attempts=table.c.attempts + 1, last_error=error)
+            )
