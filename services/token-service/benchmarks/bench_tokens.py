@@ -4,17 +4,24 @@ Everything is real and on loopback: RabbitMQ, Redis, the registry (which also co
 `session.requested` into its SQLite call log during the run) and the token-service console script
 under uvicorn. Each token costs a JWT check, a Redis rate-limit script, a cached agent look-up, a Redis
 write and a publisher-confirmed event; /healthz costs only the HTTP stack, so the ratio shows what the
-work adds. The load generator shares the machine's two cores with all of it.
+work adds. A confirmed publish alone, on the same broker and queue, is measured last: it is the floor
+under every token, since no token leaves before its confirm. The load generator shares the machine's
+two cores with all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import aiohttp
+from agentline_common.bus import Bus
+from agentline_common.events import SessionRequested, SessionRequestedData
 from agentline_common.logging import configure_logging
+from agentline_common.rooms import new_test_room
 from agentline_common.testing.bench import LoadResult, record, run_load
 from agentline_common.testing.servers import (
     RabbitMQServer,
@@ -31,23 +38,50 @@ GOAL_RATIO = 0.5
 GOAL_P99_MS = 25.0
 
 
-async def measure(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> tuple[LoadResult, int]:
+async def measure(
+    client: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
+) -> tuple[LoadResult, int]:
     """The timed run after a warm-up, and how many answers in it were not 200 (they count, slowly)."""
     failures = 0
 
     async def call() -> None:
         nonlocal failures
         try:
-            response = await client.request(method, url, **kwargs)
-        except httpx.HTTPError:
-            failures += 1
-            return
-        if response.status_code != 200:
+            async with client.request(method, url, **kwargs) as response:
+                await response.read()
+                failures += response.status != 200
+        except aiohttp.ClientError:
             failures += 1
 
     await run_load(call, total=WARM_UP, concurrency=CONCURRENCY)
     failures = 0
     return await run_load(call, total=REQUESTS, concurrency=CONCURRENCY), failures
+
+
+async def measure_confirms(amqp_url: str, exchange: str, agent_id: uuid.UUID) -> LoadResult:
+    """The floor under every token: a confirmed `session.requested` alone, same broker and queue."""
+    bus = Bus(amqp_url, exchange=exchange)
+    await bus.connect()
+
+    async def publish() -> None:
+        await bus.publish(
+            SessionRequested(
+                agent_id=agent_id,
+                org_id=agent_id,
+                session_id=uuid.uuid4(),
+                data=SessionRequestedData(
+                    kind="test",
+                    room_name=new_test_room(agent_id).name,
+                    expires_at=datetime.now(UTC) + timedelta(minutes=10),
+                ),
+            )
+        )
+
+    try:
+        await run_load(publish, total=WARM_UP, concurrency=CONCURRENCY)
+        return await run_load(publish, total=REQUESTS, concurrency=CONCURRENCY)
+    finally:
+        await bus.close()
 
 
 async def run() -> list[dict[str, Any]]:
@@ -76,8 +110,12 @@ async def run() -> list[dict[str, Any]]:
         tenant = await asyncio.to_thread(registry.new_tenant)
         user_token = await asyncio.to_thread(registry.login, tenant.user.email, tenant.user.password)
         await asyncio.to_thread(tokens.start)
-        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-        async with httpx.AsyncClient(base_url=tokens.url, limits=limits, timeout=10) as client:
+        # aiohttp, not httpx: httpx's pool costs more CPU per request than the server under test.
+        async with aiohttp.ClientSession(
+            base_url=tokens.url,
+            connector=aiohttp.TCPConnector(limit=CONCURRENCY),
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as client:
             bare, bare_failures = await measure(client, "GET", "/healthz")
             issued, issue_failures = await measure(
                 client,
@@ -85,6 +123,7 @@ async def run() -> list[dict[str, Any]]:
                 f"/api/v1/agents/{tenant.agent_id}/test-token",
                 headers={"Authorization": f"Bearer {user_token}"},
             )
+        confirms = await measure_confirms(broker.url, registry.exchange, tenant.agent_id)
     finally:
         await asyncio.to_thread(tokens.stop)
         await asyncio.to_thread(registry.stop)
@@ -100,6 +139,9 @@ async def run() -> list[dict[str, Any]]:
         record("token_service.test_token.throughput", issued.per_second, "tokens/s"),
         record("token_service.healthz.failed", bare_failures, "requests"),
         record("token_service.test_token.p50", issued.p50, "ms"),
+        record("token_service.publish_confirmed_alone.throughput", confirms.per_second, "msg/s"),
+        record("token_service.publish_confirmed_alone.p50", confirms.p50, "ms"),
+        record("token_service.publish_confirmed_alone.p99", confirms.p99, "ms"),
         record(
             "token_service.test_token.p99",
             issued.p99,

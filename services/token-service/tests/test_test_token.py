@@ -116,6 +116,7 @@ async def test_get_test_token_success(
     before = datetime.now(UTC)
 
     response = await client.post(path(tenant.agent_id), headers=tenant.headers)
+    after = datetime.now(UTC)
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -124,7 +125,8 @@ async def test_get_test_token_success(
     room = parse_room_name(body["roomName"])
     assert isinstance(room, TestRoom) and room.agent_id == tenant.agent_id
     expires_at = datetime.fromisoformat(body["expiresAt"])
-    assert before + timedelta(seconds=598) <= expires_at <= before + timedelta(seconds=602)
+    # Ten minutes from issue; LiveKit tokens count whole seconds.
+    assert before + timedelta(seconds=599) <= expires_at <= after + timedelta(seconds=600)
 
     claims = livekit_api.TokenVerifier(livekit_server.api_key, livekit_server.api_secret).verify(
         body["token"]
@@ -136,7 +138,7 @@ async def test_get_test_token_success(
     metadata = json.loads(claims.room_config.agents[0].metadata)
     assert metadata["agent_id"] == str(tenant.agent_id)
 
-    event = await asyncio.wait_for(requested.get(), 5)
+    event = await asyncio.wait_for(requested.get(), 15)
     assert isinstance(event, SessionRequested)
     assert event.session_id == uuid.UUID(metadata["session_id"])
     assert (event.org_id, event.agent_id) == (tenant.org_id, tenant.agent_id)
@@ -355,7 +357,7 @@ async def test_a_deactivated_agent_is_refused_at_once(
 
     await asyncio.to_thread(registry.set_active, tenant.token, tenant.agent_id, False)
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     status = 200
     while status == 200 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)

@@ -96,7 +96,7 @@ async def test_a_finished_test_room_ends_its_session(
 
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "session_ended"}
-    event = await asyncio.wait_for(ended.get(), 5)
+    event = await asyncio.wait_for(ended.get(), 15)
     assert isinstance(event, SessionEnded)
     assert (event.session_id, event.agent_id, event.org_id) == (
         ref.session_id,
@@ -109,7 +109,7 @@ async def test_a_finished_test_room_ends_its_session(
     # LiveKit retries a webhook it thinks failed: the retry carries the same event id.
     again = await client.post(WEBHOOK, content=body, headers=signed(body))
     assert again.status_code == 200
-    assert (await asyncio.wait_for(ended.get(), 5)).id == event.id
+    assert (await asyncio.wait_for(ended.get(), 15)).id == event.id
 
 
 async def test_other_events_and_rooms_end_nothing(
