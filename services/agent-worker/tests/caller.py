@@ -13,6 +13,7 @@ import array
 import asyncio
 import json
 import math
+import sys
 import time
 import wave
 from dataclasses import asdict, dataclass, field
@@ -127,7 +128,7 @@ class Microphone:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-async def call(url: str, token: str, wav: str | None, timeout: float) -> Report:
+async def call(url: str, token: str, wav: str | None, timeout: float, hold: float = 0.0) -> Report:
     report = Report()
     room = rtc.Room()
     listener = Listener()
@@ -165,6 +166,7 @@ async def call(url: str, token: str, wav: str | None, timeout: float) -> Report:
             tasks.append(asyncio.create_task(listener.run(await agent_track)))
             report.greeting = await listener.next_stretch(0)
             report.events.append("greeting heard")
+            await asyncio.sleep(hold)
             if wav is not None:
                 microphone.say(read_wav(wav))
                 await microphone.done.wait()
@@ -185,11 +187,15 @@ async def call(url: str, token: str, wav: str | None, timeout: float) -> Report:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", required=True, help='"-": read it from stdin once started')
     parser.add_argument("--wav", default=None, help="48 kHz mono 16-bit speech to say after the greeting")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--hold", type=float, default=0.0, help="seconds to stay after the greeting")
     args = parser.parse_args()
-    report = asyncio.run(call(args.url, args.token, args.wav, args.timeout))
+    # Reading the token only now lets a benchmark start this process (imports take a while) before
+    # the token is issued, so that dispatch latency does not include Python's start-up.
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    report = asyncio.run(call(args.url, token, args.wav, args.timeout, args.hold))
     print(json.dumps(asdict(report)), flush=True)
 
 

@@ -118,10 +118,10 @@ def agent_config(*, webhook: WebhookServer | None = None, timeout: float = 5.0) 
 
 @dataclass
 class TextCall:
-    session: AgentSession
+    session: AgentSession[None]
     record: CallRecord
     closed: asyncio.Future[CloseEvent]
-    greeting: RunResult
+    greeting: RunResult[None]
 
 
 @pytest.fixture(scope="session")
@@ -154,12 +154,17 @@ async def start_call(
         config, settings=settings, vad_model=vad_model, http=http, session_id=uuid.uuid4(), record=record
     )
     closed: asyncio.Future[CloseEvent] = asyncio.get_running_loop().create_future()
-    session.on("close", lambda event: closed.done() or closed.set_result(event))
+
+    def on_close(event: CloseEvent) -> None:
+        if not closed.done():
+            closed.set_result(event)
+
+    session.on("close", on_close)
     greeting = await session.start(agent, capture_run=True)
     return TextCall(session=session, record=record, closed=closed, greeting=greeting)
 
 
-def messages(result: RunResult) -> list[str]:
+def messages(result: RunResult[None]) -> list[str]:
     return [e.item.text_content or "" for e in result.events if isinstance(e, ChatMessageEvent)]
 
 
@@ -171,7 +176,7 @@ async def test_the_agent_greets_with_its_first_message(
         assert messages(call.greeting) == [GREETING]
         assert fake_openai.chat_requests == []  # the greeting is said, not generated
         fake_openai.reply("We open at nine.")
-        result = await call.session.run(user_input="When do you open?")
+        result: RunResult[None] = await call.session.run(user_input="When do you open?")
         assert messages(result) == ["We open at nine."]
         sent = fake_openai.chat_requests[0].body
         assert sent["messages"][0] == {"role": "system", "content": "You are Acme's support agent."}
@@ -195,7 +200,7 @@ async def test_a_tool_call_reaches_the_webhook_signed(
     try:
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17"})
         fake_openai.reply("Your order A-17 shipped yesterday.")
-        result = await call.session.run(user_input="Where is order A-17?")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-17?")
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
         assert len(outputs) == 1 and not outputs[0].is_error
         assert json.loads(outputs[0].output) == {"order_id": "A-17", "status": "shipped yesterday"}
@@ -221,7 +226,7 @@ async def test_invalid_arguments_are_told_to_the_model_without_a_request(
     try:
         fake_openai.reply_tool_call("lookup_order", {"order_id": "seventeen"})
         fake_openai.reply("Could you repeat the order number?")
-        result = await call.session.run(user_input="Where is my order?")
+        result: RunResult[None] = await call.session.run(user_input="Where is my order?")
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
         assert outputs[0].is_error and "order_id" in outputs[0].output
         assert webhook.calls == []
@@ -240,7 +245,7 @@ async def test_a_slow_tool_times_out_and_the_session_goes_on(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-1"})
         fake_openai.reply("Sorry, our order system is slow right now.")
         started = time.monotonic()
-        result = await call.session.run(user_input="Where is order A-1?")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-1?")
         assert time.monotonic() - started < 4
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
         assert outputs[0].is_error and "did not answer within 0.5 seconds" in outputs[0].output
@@ -261,7 +266,7 @@ async def test_a_failing_tool_is_reported_to_the_model(
     try:
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-2"})
         fake_openai.reply("I cannot look that up right now.")
-        result = await call.session.run(user_input="Where is order A-2?")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-2?")
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
         assert outputs[0].is_error
         assert "HTTP 500" in outputs[0].output and "database on fire" in outputs[0].output
@@ -278,7 +283,7 @@ async def test_an_unsigned_call_is_refused_by_the_receiver(
     try:
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-3"})
         fake_openai.reply("The order service refused me.")
-        result = await call.session.run(user_input="Where is order A-3?")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-3?")
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
         assert outputs[0].is_error and "HTTP 401" in outputs[0].output
         assert [c["verified"] for c in webhook.calls] == [False]
@@ -292,7 +297,7 @@ async def test_end_call_closes_the_session_after_the_goodbye(
     call = await start_call(agent_config(), fake=fake_openai, http=http, vad_model=vad_model)
     fake_openai.reply_tool_call("end_call", {})
     fake_openai.reply("Goodbye, have a nice day!")
-    result = call.session.run(user_input="That's all, bye.")
+    result: RunResult[None] = call.session.run(user_input="That's all, bye.")
     closed = await asyncio.wait_for(call.closed, 10)
     assert call.record.ended_by_tool
     assert call.record.reason == "end_call"
@@ -309,7 +314,7 @@ async def test_a_model_error_ends_nothing_but_the_turn(
     call = await start_call(agent_config(), fake=fake_openai, http=http, vad_model=vad_model)
     try:
         fake_openai.reply(ChatReply(text="overloaded", status=500), "Recovered answer.")
-        result = await call.session.run(user_input="Hello?")
+        result: RunResult[None] = await call.session.run(user_input="Hello?")
         assert messages(result) == ["Recovered answer."]
         assert not call.closed.done()
     finally:
