@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import secrets
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -208,6 +209,7 @@ async def webhooked_livekit(
         await asyncio.to_thread(server.stop)
         http.should_exit = True
         await serving
+        shutil.rmtree(server.base_dir, ignore_errors=True)
 
 
 async def test_livekit_itself_ends_the_session_when_the_room_closes(
