@@ -137,6 +137,7 @@ async def test_get_test_token_success(
     assert claims.room_config is not None
     metadata = json.loads(claims.room_config.agents[0].metadata)
     assert metadata["agent_id"] == str(tenant.agent_id)
+    assert metadata["correlation_id"] == response.headers["x-correlation-id"]
 
     event = await asyncio.wait_for(requested.get(), 15)
     assert isinstance(event, SessionRequested)

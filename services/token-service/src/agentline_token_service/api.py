@@ -12,6 +12,7 @@ import httpx
 import structlog
 from agentline_common.auth import InvalidToken, JwksVerifier, KeysUnavailable, UserClaims
 from agentline_common.bus import Bus
+from agentline_common.http import metrics_response
 from agentline_common.registry_client import AgentNotFound, RegistryClient, RegistryUnavailable
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +20,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf.json_format import ParseError
 from livekit import api as livekit_api
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from redis.asyncio import Redis
@@ -226,7 +226,7 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return metrics_response(runtime.metrics.registry)
 
 
 router.include_router(api)

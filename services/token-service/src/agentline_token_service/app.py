@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 from agentline_common.auth import JwksVerifier
 from agentline_common.bus import Bus
+from agentline_common.http import ObservedRequests
 from agentline_common.registry_client import RegistryClient
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +23,7 @@ from agentline_token_service.api import (
     validation_response,
 )
 from agentline_token_service.consumers import start_consumers
-from agentline_token_service.metrics import Metrics, RequestMetricsMiddleware
+from agentline_token_service.metrics import Metrics
 from agentline_token_service.settings import TokenServiceSettings
 from agentline_token_service.stores import RedisRateLimiter, RedisSessionRooms
 
@@ -48,7 +49,7 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
     for refusal in REFUSALS:
         app.add_exception_handler(refusal, refusal_response)
     app.add_exception_handler(RequestValidationError, validation_response)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(ObservedRequests, latency=metrics.request_latency)
     return app
 
 

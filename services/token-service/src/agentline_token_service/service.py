@@ -29,6 +29,7 @@ from agentline_common.events import (
     SessionRequested,
     SessionRequestedData,
 )
+from agentline_common.logging import current_correlation_id
 from agentline_common.rooms import InvalidRoomName, TestRoom, new_test_room, parse_room_name
 from livekit import api as livekit_api
 from pydantic import BaseModel, ConfigDict
@@ -139,10 +140,21 @@ def test_grants(room_name: str) -> livekit_api.VideoGrants:
 
 
 def room_configuration(
-    settings: TokenServiceSettings, *, agent_id: UUID, session_id: UUID
+    settings: TokenServiceSettings,
+    *,
+    agent_id: UUID,
+    session_id: UUID,
+    correlation_id: str | None = None,
 ) -> livekit_api.RoomConfiguration:
-    """What LiveKit applies when the browser's join creates the room: the agent dispatch included."""
-    metadata = json.dumps({"agent_id": str(agent_id), "session_id": str(session_id)})
+    """What LiveKit applies when the browser's join creates the room: the agent dispatch included.
+
+    The dispatch metadata carries the request's correlation id, so the worker's logs of the call
+    share an id with the HTTP request and the `session.requested` event that started it.
+    """
+    fields = {"agent_id": str(agent_id), "session_id": str(session_id)}
+    if correlation_id:
+        fields["correlation_id"] = correlation_id
+    metadata = json.dumps(fields)
     return livekit_api.RoomConfiguration(
         empty_timeout=settings.room_empty_timeout_seconds,
         agents=[livekit_api.RoomAgentDispatch(agent_name=settings.agent_name, metadata=metadata)],
@@ -169,6 +181,7 @@ def generate_test_token(
     user_id: UUID,
     user_name: str,
     ttl: timedelta | None = None,
+    correlation_id: str | None = None,
 ) -> TestToken:
     """Mint a token for a fresh test room of `agent_id`; raises LiveKitNotConfigured without LiveKit."""
     api_key, api_secret = require_livekit(settings)
@@ -180,7 +193,11 @@ def generate_test_token(
         .with_name(user_name)
         .with_ttl(ttl if ttl is not None else timedelta(seconds=settings.token_ttl_seconds))
         .with_grants(test_grants(room.name))
-        .with_room_config(room_configuration(settings, agent_id=agent_id, session_id=session_id))
+        .with_room_config(
+            room_configuration(
+                settings, agent_id=agent_id, session_id=session_id, correlation_id=correlation_id
+            )
+        )
         .to_jwt()
     )
     return TestToken(
@@ -250,7 +267,12 @@ async def issue_test_token(
     authorize_test_call(user, agent)
     session_id = uuid.uuid4()
     token = generate_test_token(
-        settings, agent_id=agent.id, session_id=session_id, user_id=user.user_id, user_name=user.email
+        settings,
+        agent_id=agent.id,
+        session_id=session_id,
+        user_id=user.user_id,
+        user_name=user.email,
+        correlation_id=current_correlation_id(),
     )
     await rooms.save(
         token.room_name, SessionRef(session_id=session_id, agent_id=agent.id, org_id=agent.org_id)
