@@ -22,6 +22,7 @@ from agentline_worker.service import (
     TestCallPlan,
     accepts_room,
     argument_errors,
+    correlation_id_for,
     end_reason,
     ended_event,
     plan_session,
@@ -268,3 +269,13 @@ def test_a_refusal_event_names_the_agent_without_its_config() -> None:
     )
     assert (event.agent_id, event.org_id, event.session_id) == (agent_id, None, session_id)
     assert event.data.reason == "agent_unavailable" and len(event.data.detail or "") == 500
+
+
+@pytest.mark.unit
+def test_correlation_id_comes_from_the_dispatch_or_the_session() -> None:
+    session_id = uuid.uuid4()
+    carried = json.dumps({"agent_id": str(uuid.uuid4()), "correlation_id": "req-42"})
+    assert correlation_id_for(carried, session_id) == "req-42"
+    assert correlation_id_for("", session_id) == session_id.hex
+    assert correlation_id_for("not json", session_id) == session_id.hex
+    assert correlation_id_for(json.dumps({"correlation_id": "x" * 500}), session_id) == session_id.hex

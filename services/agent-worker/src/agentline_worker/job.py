@@ -30,6 +30,7 @@ from agentline_worker.service import (
     PlanError,
     SessionPlan,
     accepts_room,
+    correlation_id_for,
     ended_event,
     plan_session,
     refusal,
@@ -108,7 +109,7 @@ class Call:
         self._ended: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        bind_correlation_id(self._session_id.hex)
+        bind_correlation_id(correlation_id_for(self._ctx.job.metadata, self._session_id))
         structlog.contextvars.bind_contextvars(
             session_id=str(self._session_id), room=self._room_name, job_id=self._ctx.job.id
         )
@@ -128,7 +129,7 @@ class Call:
         if caller is not None:
             # A phone call's id comes from its CallSid, known only now.
             self._session_id = session_id_for(self._room_name, self._ctx.job.metadata, caller.attributes)
-            bind_correlation_id(self._session_id.hex)
+            bind_correlation_id(correlation_id_for(self._ctx.job.metadata, self._session_id))
             structlog.contextvars.bind_contextvars(session_id=str(self._session_id))
         try:
             plan = plan_session(

@@ -99,6 +99,22 @@ def session_id_for(room_name: str, metadata: str, attributes: Mapping[str, str] 
         return fallback_session_id(room_name)
 
 
+def correlation_id_for(metadata: str, session_id: uuid.UUID) -> str:
+    """The id that ties this call's logs to the request that started it.
+
+    A test call's dispatch metadata carries the token request's correlation id; a phone call (or a
+    dispatch without one) uses the session id, which the gateway and the registry also log.
+    """
+    try:
+        body = json.loads(metadata) if metadata else {}
+        given = body.get("correlation_id") if isinstance(body, dict) else None
+    except ValueError:
+        given = None
+    if isinstance(given, str) and 0 < len(given) <= 128:
+        return given
+    return session_id.hex
+
+
 def plan_session(
     *, room_name: str, metadata: str, attributes: Mapping[str, str] | None = None
 ) -> SessionPlan:
