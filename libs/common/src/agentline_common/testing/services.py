@@ -90,16 +90,17 @@ class Tenant:
         return self.user.headers
 
 
-@dataclass
-class RegistryService:
-    """A running registry. `.url` is its base URL; the HTTP API lives under `.api_url`."""
+@dataclass(kw_only=True)
+class ServiceProcess:
+    """One of our HTTP services run as a subprocess on a free loopback port, ready once /readyz is 200.
 
-    amqp_url: str
-    redis_url: str
-    exchange: str
+    Subclasses say how to run it (`name`, `argv()`) and with what (`environment`).
+    """
+
     base_dir: Path
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
+    name = "agentline-service"
 
     @property
     def url(self) -> str:
@@ -110,16 +111,66 @@ class RegistryService:
         return f"{self.url}/api/v1"
 
     @property
+    def log_path(self) -> Path:
+        return self.base_dir / f"{self.name}.log"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the server and wait until its /readyz says its dependencies are up."""
+        if self.is_running:
+            return
+        self.process = ManagedProcess(
+            name=self.name,
+            argv=self.argv(),
+            log_path=self.log_path,
+            env=child_environment(self.environment),
+            cwd=self.base_dir,
+        )
+        self.process.spawn()
+        wait_until(self._ready, what=self.name, process=self.process, timeout=READY_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); what it keeps on disk stays for the next start()."""
+        if self.process is not None:
+            self.process.terminate(timeout=15.0)
+            self.process = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.process is not None
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@dataclass(kw_only=True)
+class RegistryService(ServiceProcess):
+    """A running registry. `.url` is its base URL; the HTTP API lives under `.api_url`."""
+
+    amqp_url: str
+    redis_url: str
+    exchange: str
+    name = "agentline-registry"
+
+    def argv(self) -> list[str]:
+        return [*registry_command(), "serve"]
+
+    @property
     def jwks_url(self) -> str:
         return f"{self.url}/.well-known/jwks.json"
 
     @property
     def database_url(self) -> str:
         return f"sqlite+aiosqlite:///{self.base_dir / 'registry.db'}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base_dir / "registry.log"
 
     @property
     def environment(self) -> dict[str, str]:
@@ -150,36 +201,6 @@ class RegistryService:
             )
         )
         self.cli("migrate")
-
-    def start(self) -> None:
-        """Start the server and wait until /readyz says the database and broker are up."""
-        if self.is_running:
-            return
-        self.process = ManagedProcess(
-            name="agentline-registry",
-            argv=[*registry_command(), "serve"],
-            log_path=self.log_path,
-            env=child_environment(self.environment),
-            cwd=self.base_dir,
-        )
-        self.process.spawn()
-        wait_until(self._ready, what="agentline-registry", process=self.process, timeout=READY_TIMEOUT)
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL); its database stays for the next start()."""
-        if self.process is not None:
-            self.process.terminate(timeout=15.0)
-            self.process = None
-
-    @property
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.process is not None
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def cli(self, *args: str) -> dict[str, Any]:
         """Run `agentline-registry <args>` on this registry's database; its last line as JSON."""
@@ -608,8 +629,8 @@ def token_service_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "agentline_token_service"]
 
 
-@dataclass
-class TokenServiceProcess:
+@dataclass(kw_only=True)
+class TokenServiceProcess(ServiceProcess):
     """A running token-service on the registry's exchange and keys, minting for one LiveKit server.
 
     `.test_token(user_token, agent_id)` asks for a test-call token as the console does;
@@ -620,26 +641,15 @@ class TokenServiceProcess:
     livekit_url: str
     livekit_api_key: str
     livekit_api_secret: str
-    base_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = None
+    name = "agentline-token-service"
 
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.url}/api/v1"
+    def argv(self) -> list[str]:
+        return token_service_command()
 
     @property
     def webhook_url(self) -> str:
         return f"{self.api_url}/livekit/webhook"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base_dir / "token-service.log"
 
     @property
     def environment(self) -> dict[str, str]:
@@ -658,35 +668,6 @@ class TokenServiceProcess:
             "RATE_LIMIT_REQUESTS": "1000",
             **self.extra_env,
         }
-
-    def start(self) -> None:
-        """Start the server and wait until /readyz says the broker and Redis are up."""
-        if self.is_running:
-            return
-        self.process = ManagedProcess(
-            name="agentline-token-service",
-            argv=token_service_command(),
-            log_path=self.log_path,
-            env=child_environment(self.environment),
-            cwd=self.base_dir,
-        )
-        self.process.spawn()
-        wait_until(self._ready, what="agentline-token-service", process=self.process, timeout=READY_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate(timeout=15.0)
-            self.process = None
-
-    @property
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.process is not None
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def test_token(self, user_token: str, agent_id: uuid.UUID | str, *, expect: int = 200) -> dict[str, Any]:
         """POST /agents/{agent_id}/test-token: {token, serverUrl, roomName, expiresAt} (or the error)."""
