@@ -24,6 +24,7 @@ from agentline_common.events import (
     SessionRequestedData,
 )
 from agentline_common.processed_events import InMemoryProcessedEvents, RedisProcessedEvents
+from prometheus_client import CollectorRegistry, generate_latest
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +94,22 @@ async def test_publish_consume_round_trip(make_bus: Any) -> None:
     assert await asyncio.wait_for(received.get(), 10) == event
 
 
-async def test_unroutable_publish_raises(make_bus: Any) -> None:
+async def test_unroutable_publish_raises_and_is_counted(make_bus: Any) -> None:
     bus = await make_bus()
+    registry = CollectorRegistry()
+    bus.register_metrics(registry)
     with pytest.raises(Unroutable, match="no queue is bound"):
         await bus.publish(session_requested())
+    await bus.consume(
+        queue=f"q-{uuid.uuid4().hex[:8]}",
+        routing_keys=["session.requested"],
+        handler=lambda event: asyncio.sleep(0),
+        processed=InMemoryProcessedEvents(),
+    )
+    await bus.publish(session_requested())
+    text = generate_latest(registry).decode()
+    assert 'agentline_bus_publishes_total{result="failed"} 1.0' in text
+    assert 'agentline_bus_publishes_total{result="confirmed"} 1.0' in text
 
 
 async def test_failing_handler_dead_letters_after_max_attempts(make_bus: Any, amqp_url: str) -> None:

@@ -19,6 +19,7 @@ from agentline_common.registry_client import (
     number_key,
 )
 from agentline_common.testing.services import RegistryService, random_e164
+from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,26 @@ async def test_cold_then_warm_lookup_by_id_and_number(
     warm = await client.agent_by_number(number)
     assert warm == cold
     assert (client.misses, client.hits) == (1, 1)
+
+    metrics = CollectorRegistry()
+    client.register_metrics(metrics)
+    text = generate_latest(metrics).decode()
+    assert 'agentline_agent_lookups_total{result="hit"} 1.0' in text
+    assert 'agentline_agent_lookups_total{result="miss"} 1.0' in text
+
+
+async def test_process_cache_answers_without_redis_and_expires(
+    running_registry: RegistryService, registry_bus: Bus, redis: Redis
+) -> None:
+    tenant = running_registry.new_tenant()
+    client = RegistryClient(bus=registry_bus, redis=redis, local_ttl_seconds=0.3)
+    await client.get_agent(tenant.agent_id)
+    await redis.delete(agent_key(tenant.agent_id))
+    await client.get_agent(tenant.agent_id)
+    assert (client.misses, client.hits) == (1, 1)
+    await asyncio.sleep(0.4)
+    await client.get_agent(tenant.agent_id)
+    assert (client.misses, client.hits) == (2, 1)
 
 
 async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as ReturnedError
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from agentline_common.events import Event, encode_event, parse_event
@@ -121,6 +124,8 @@ class Bus:
         self._reply_queue: AbstractQueue | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reply_lock = asyncio.Lock()
+        self.published = 0
+        self.publish_failures = 0
 
     @property
     def exchange_name(self) -> str:
@@ -172,6 +177,18 @@ class Bus:
 
     async def publish(self, event: Event, *, timeout: float = 5.0) -> None:
         """Publish `event` and wait until the broker confirms it. Raises PublishError otherwise."""
+        try:
+            await self._publish_confirmed(event, timeout=timeout)
+        except PublishError:
+            self.publish_failures += 1
+            raise
+        self.published += 1
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export this bus's publish counts on `registry` (every service's /metrics)."""
+        registry.register(_BusCollector(self))
+
+    async def _publish_confirmed(self, event: Event, *, timeout: float) -> None:
         try:
             _, exchange = self._require_channel()
         except BusUnavailable as error:
@@ -342,6 +359,21 @@ class Bus:
             future.set_result(json.loads(message.body))
         except ValueError:
             future.set_result({"ok": False, "error": {"code": "bad_reply", "message": "unreadable"}})
+
+
+class _BusCollector(Collector):
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    def collect(self) -> Iterator[Metric]:
+        published = CounterMetricFamily(
+            "agentline_bus_publishes",
+            "Events the broker confirmed, and publishes it did not.",
+            labels=["result"],
+        )
+        published.add_metric(["confirmed"], self._bus.published)
+        published.add_metric(["failed"], self._bus.publish_failures)
+        yield published
 
 
 class _EventDelivery:

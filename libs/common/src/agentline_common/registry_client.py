@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from uuid import UUID
 
 import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -90,6 +94,10 @@ class RegistryClient:
             await self._redis.delete(*keys)
         except RedisError:
             log.warning("registry_client.invalidation_failed", agent_id=str(event.agent_id))
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export look-ups by where they were answered (cache hit rate = hit / (hit + miss))."""
+        registry.register(_LookupCollector(self))
 
     def clear_local_cache(self) -> None:
         """Forget what this process holds; the next look-ups go to Redis (benchmarks, tests)."""
@@ -167,3 +175,18 @@ class RegistryClient:
                 await pipe.execute()
         except RedisError:
             log.warning("registry_client.cache_write_failed", agent_id=str(agent.id))
+
+
+class _LookupCollector(Collector):
+    def __init__(self, client: RegistryClient) -> None:
+        self._client = client
+
+    def collect(self) -> Iterator[Metric]:
+        lookups = CounterMetricFamily(
+            "agentline_agent_lookups",
+            "Agent look-ups through the registry client: hit (a cache answered) or miss (the registry did).",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], self._client.hits)
+        lookups.add_metric(["miss"], self._client.misses)
+        yield lookups
