@@ -454,6 +454,7 @@ async def test_operational_endpoints(world: World) -> None:
     ]
     assert histogram, "no latency histogram for the agent route"
     assert "agentline_registry_outbox_pending" in metrics
+    assert 'agentline_bus_publishes_total{result="failed"}' in metrics
 
 
 async def test_readyz_is_503_when_the_broker_connection_is_gone(app_factory: Any) -> None:

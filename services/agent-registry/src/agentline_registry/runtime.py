@@ -84,6 +84,7 @@ async def _connect_bus(settings: RegistrySettings) -> Bus:
 async def bootstrap(settings: RegistrySettings, *, metrics: RegistryMetrics) -> Runtime:
     engine = create_engine(settings.database_url)
     bus = await _connect_bus(settings)
+    bus.register_metrics(metrics.registry)
     redis = Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=2.0, socket_connect_timeout=2.0
     )
