@@ -6,8 +6,12 @@ gateway must treat like a registry that is down.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 import xml.etree.ElementTree as ET
+from urllib.parse import urlencode
 
 import pytest
 from agentline_common.testing.servers import free_port
@@ -78,6 +82,59 @@ async def test_a_signature_with_another_token_is_refused(
     forged = RequestValidator("x" * 32).compute_signature(f"{PUBLIC_BASE_URL}{INCOMING}", form)
 
     response = await gateway.post(INCOMING, form, signature=forged)
+
+    assert response.status_code == 403
+
+
+def twilio_signature(token: str, url: str, fields: list[tuple[str, str]]) -> str:
+    """Twilio's algorithm, written out: the URL, then each name and value, sorted, HMAC-SHA1 in base64."""
+    signed = url + "".join(name + value for name, value in sorted(set(fields)))
+    return base64.b64encode(hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()).decode()
+
+
+async def test_a_signature_over_the_url_with_its_default_port_verifies(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    """Twilio's own validator accepts the URL with and without its default port; so do we."""
+    gateway = await start_gateway()
+    form = incoming_form(unique_number)
+
+    response = await gateway.post(INCOMING, form, signed_url=PUBLIC_BASE_URL + ":443" + INCOMING)
+
+    assert response.status_code == 200
+
+
+async def test_every_value_of_a_repeated_field_is_signed(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    gateway = await start_gateway()
+    fields = [*incoming_form(unique_number).items(), ("Extra", "first"), ("Extra", "second")]
+    signature = twilio_signature(gateway.token, PUBLIC_BASE_URL + INCOMING, fields)
+    dropped = twilio_signature(gateway.token, PUBLIC_BASE_URL + INCOMING, fields[:-1])
+
+    async def post(signature: str) -> int:
+        headers = {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"}
+        response = await gateway.client.post(
+            f"{gateway.base_url}{INCOMING}", content=urlencode(fields), headers=headers
+        )
+        status: int = response.status_code
+        return status
+
+    assert await post(signature) == 200
+    assert await post(dropped) == 403
+
+
+async def test_a_signature_that_is_not_ascii_is_refused_not_an_error(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    gateway = await start_gateway()
+    form = incoming_form(unique_number)
+
+    response = await gateway.client.post(
+        f"{gateway.base_url}{INCOMING}",
+        data=form,
+        headers={b"X-Twilio-Signature": "é".encode("latin-1") * 28},
+    )
 
     assert response.status_code == 403
 

@@ -20,7 +20,7 @@ from twilio.request_validator import RequestValidator
 
 from agentline_telephony.api import STATUS_PATH, Gateway, router
 from agentline_telephony.metrics import GatewayMetrics
-from agentline_telephony.repository import CallStore, create_engine, create_schema, outbox
+from agentline_telephony.repository import CallStore, OutboxWriter, create_engine, create_schema, outbox
 from agentline_telephony.settings import TelephonySettings
 from agentline_telephony.twiml import SipTarget
 
@@ -65,6 +65,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
     registry = RegistryClient(bus=bus, redis=redis, timeout=settings.lookup_timeout_seconds)
+    writer = OutboxWriter(engine=engine, table=outbox)
+    calls = CallStore(outbox=writer, redis=redis, answer_ttl_seconds=settings.call_answer_ttl_seconds)
     relay = OutboxRelay(
         engine=engine, table=outbox, bus=bus, poll_seconds=settings.outbox_relay_interval_seconds
     )
@@ -77,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=sip_target(settings),
         session_ttl=timedelta(seconds=settings.session_request_ttl_seconds),
         registry=registry,
-        calls=CallStore(engine=engine, redis=redis, answer_ttl_seconds=settings.call_answer_ttl_seconds),
+        calls=calls,
         relay=relay,
         bus=bus,
         redis=redis,
@@ -93,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await connecting
+        await calls.close()
+        await writer.close()
         await relay.stop()
         await bus.close()
         await redis.aclose()

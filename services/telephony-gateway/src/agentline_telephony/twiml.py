@@ -1,11 +1,14 @@
 """The TwiML documents the gateway answers with, built with twilio's VoiceResponse.
 
-Pure functions: no I/O, so every answer Twilio can get is tested without a server.
+Pure functions: no I/O, so every answer Twilio can get is tested without a server. Being pure, they
+are memoised: building the XML tree costs more than the rest of a webhook's own logic, and a number's
+answer is the same document each time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
@@ -21,6 +24,9 @@ UNAVAILABLE_MESSAGE = (
 )
 BAD_REQUEST_MESSAGE = "Sorry, this call could not be connected. Goodbye."
 DIAL_FAILED_MESSAGE = "Sorry, the agent could not be reached. Please try again later. Goodbye."
+
+
+TWIML_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,7 @@ def sip_uri(number: str, target: SipTarget) -> str:
     return f"sip:{number}@{target.host}"
 
 
+@lru_cache(maxsize=TWIML_CACHE_SIZE)
 def dial_sip(number: str, target: SipTarget) -> str:
     """Bridge the call to LiveKit SIP, authenticating with the trunk's credentials when configured."""
     response = VoiceResponse()
@@ -54,6 +61,7 @@ def dial_sip(number: str, target: SipTarget) -> str:
     return str(response.to_xml())
 
 
+@lru_cache(maxsize=TWIML_CACHE_SIZE)
 def say_and_hang_up(message: str) -> str:
     """A polite sentence, then hang up: what a caller hears when no agent can take the call."""
     response = VoiceResponse()
@@ -62,12 +70,14 @@ def say_and_hang_up(message: str) -> str:
     return str(response.to_xml())
 
 
+@lru_cache(maxsize=TWIML_CACHE_SIZE)
 def hang_up() -> str:
     response = VoiceResponse()
     response.hangup()
     return str(response.to_xml())
 
 
+@lru_cache(maxsize=TWIML_CACHE_SIZE)
 def empty_response() -> str:
     """The answer to a status callback: valid TwiML that asks nothing of Twilio."""
     return str(VoiceResponse().to_xml())
