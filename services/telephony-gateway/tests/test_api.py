@@ -222,6 +222,8 @@ async def test_health_readiness_and_metrics(start_gateway: GatewayFactory, uniqu
         'route="/api/v1/voice/twilio/incoming",status="200"} 1.0'
     ) in text
     assert "agentline_telephony_outbox_pending 0.0" in text
+    assert 'agentline_agent_lookups_total{result="miss"}' in text
+    assert 'agentline_bus_publishes_total{result="confirmed"}' in text
 
 
 async def test_readiness_fails_fast_without_redis(start_gateway: GatewayFactory) -> None:

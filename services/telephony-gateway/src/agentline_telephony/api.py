@@ -206,8 +206,6 @@ async def metrics(gateway: GatewayDep) -> Response:
     except (SQLAlchemyError, TimeoutError):
         log.warning("metrics.outbox_unreadable")
     gateway.metrics.outbox_publish_failures.set(gateway.relay.failures)
-    gateway.metrics.lookup_cache_hits.set(gateway.registry.hits)
-    gateway.metrics.lookup_cache_misses.set(gateway.registry.misses)
     return metrics_response(gateway.metrics.registry)
 
 

@@ -65,6 +65,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
     registry = RegistryClient(bus=bus, redis=redis, timeout=settings.lookup_timeout_seconds)
+    bus.register_metrics(app.state.metrics.registry)
+    registry.register_metrics(app.state.metrics.registry)
     writer = OutboxWriter(engine=engine, table=outbox)
     calls = CallStore(outbox=writer, redis=redis, answer_ttl_seconds=settings.call_answer_ttl_seconds)
     relay = OutboxRelay(

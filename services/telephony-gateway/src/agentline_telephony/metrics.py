@@ -36,13 +36,3 @@ class GatewayMetrics:
             "Publish attempts the broker did not confirm since start (they are retried).",
             registry=self.registry,
         )
-        self.lookup_cache_hits = Gauge(
-            "agentline_telephony_lookup_cache_hits",
-            "Agent look-ups answered from the Redis cache since start.",
-            registry=self.registry,
-        )
-        self.lookup_cache_misses = Gauge(
-            "agentline_telephony_lookup_cache_misses",
-            "Agent look-ups that asked the registry since start.",
-            registry=self.registry,
-        )
