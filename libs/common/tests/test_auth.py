@@ -1,5 +1,6 @@
 """JwksVerifier against a real HTTP server on loopback that publishes a key set."""
 
+import asyncio
 import json
 import threading
 import time
@@ -157,3 +158,32 @@ async def test_unreachable_key_set_is_keys_unavailable() -> None:
         )
         with pytest.raises(KeysUnavailable):
             await verifier.verify(sign(new_key(), "k1"))
+
+
+async def test_verified_claims_are_remembered_briefly_and_never_past_exp(key_server: KeyServer) -> None:
+    key = new_key()
+    key_server.publish(("k1", key))
+    async with httpx.AsyncClient() as http:
+        verifier = await make_verifier(key_server, http, claims_cache_seconds=60.0)
+        short_lived = sign(key, "k1", exp=int(time.time()) + 2)
+        first = await verifier.verify(short_lived)
+        assert await verifier.verify(short_lived) is first
+        header, payload, _ = short_lived.split(".")
+        with pytest.raises(InvalidToken):
+            await verifier.verify(f"{header}.{payload}.{sign(new_key(), 'k1').split('.')[2]}")
+        await asyncio.sleep(max(0.0, first.exp - time.time()) + 0.1)
+        with pytest.raises(InvalidToken, match="expired"):
+            await verifier.verify(short_lived)
+
+
+async def test_a_key_set_refetch_forgets_remembered_claims(key_server: KeyServer) -> None:
+    old, new = new_key(), new_key()
+    key_server.publish(("old", old))
+    async with httpx.AsyncClient() as http:
+        verifier = await make_verifier(key_server, http, min_refresh_seconds=0.0, claims_cache_seconds=60.0)
+        token = sign(old, "old")
+        await verifier.verify(token)
+        key_server.publish(("new", new))
+        await verifier.verify(sign(new, "new"))
+        with pytest.raises(InvalidToken, match="unknown key"):
+            await verifier.verify(token)

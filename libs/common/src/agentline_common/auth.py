@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -18,6 +19,8 @@ from jwt import PyJWK, PyJWKSet
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 ALGORITHM = "RS256"
+DEFAULT_CLAIMS_CACHE_SECONDS = 5.0
+CLAIMS_CACHE_SIZE = 1024
 
 
 class Role(StrEnum):
@@ -59,6 +62,11 @@ class JwksVerifier:
 
     An unknown `kid` triggers one refetch (key rotation), at most every `min_refresh_seconds`, so a
     flood of forged tokens cannot turn into a flood of requests to the registry.
+
+    A browser sends the same token with every request, and an RS256 check costs more CPU than the rest
+    of a typical request, so the claims of a token that verified are remembered for
+    `claims_cache_seconds` (never past its `exp`), keyed by the whole token string, signature
+    included. Only successes are kept, in a bounded LRU, and every key-set refetch forgets them all.
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class JwksVerifier:
         http: httpx.AsyncClient,
         cache_seconds: float = 300.0,
         min_refresh_seconds: float = 10.0,
+        claims_cache_seconds: float = DEFAULT_CLAIMS_CACHE_SECONDS,
     ) -> None:
         self._jwks_url = jwks_url
         self._issuer = issuer
@@ -80,9 +89,38 @@ class JwksVerifier:
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._claims_cache_seconds = claims_cache_seconds
+        self._verified: OrderedDict[str, tuple[float, UserClaims]] = OrderedDict()
 
     async def verify(self, token: str) -> UserClaims:
         """Return the token's claims, or raise InvalidToken / KeysUnavailable."""
+        remembered = self._remembered(token)
+        if remembered is not None:
+            return remembered
+        claims = await self._verify_signed(token)
+        self._remember(token, claims)
+        return claims
+
+    def _remembered(self, token: str) -> UserClaims | None:
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        until, claims = entry
+        if time.monotonic() >= until or time.time() >= claims.exp:
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return claims
+
+    def _remember(self, token: str, claims: UserClaims) -> None:
+        if self._claims_cache_seconds <= 0:
+            return
+        self._verified[token] = (time.monotonic() + self._claims_cache_seconds, claims)
+        self._verified.move_to_end(token)
+        while len(self._verified) > CLAIMS_CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+    async def _verify_signed(self, token: str) -> UserClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
@@ -130,4 +168,5 @@ class JwksVerifier:
             self._fetched_at = time.monotonic() - self._cache_seconds + self._min_refresh_seconds
             return
         self._keys = {str(key.key_id): key for key in key_set.keys}
+        self._verified.clear()
         self._fetched_at = time.monotonic()
