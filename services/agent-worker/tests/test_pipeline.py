@@ -17,7 +17,8 @@ import pytest
 import pytest_asyncio
 from agentline_common.agents import AgentConfig, WebhookTool
 from agentline_common.testing.fake_openai import ChatReply, FakeOpenAI
-from agentline_worker.pipeline import CallRecord, build_session
+from agentline_worker.job import job_vad
+from agentline_worker.pipeline import CallRecord, build_session, model_client
 from agentline_worker.service import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from agentline_worker.settings import WorkerSettings
 from aiohttp import web
@@ -29,6 +30,7 @@ from livekit.agents.voice.run_result import (
     RunResult,
 )
 from livekit.plugins import silero
+from openai import AsyncClient
 from pydantic import SecretStr
 
 pytestmark = pytest.mark.integration
@@ -122,6 +124,11 @@ class TextCall:
     record: CallRecord
     closed: asyncio.Future[CloseEvent]
     greeting: RunResult[None]
+    models: AsyncClient
+
+    async def close(self) -> None:
+        await self.session.aclose()
+        await self.models.close()
 
 
 @pytest.fixture(scope="session")
@@ -150,8 +157,15 @@ async def start_call(
         tool_secrets={SECRET_REF: SecretStr(secret.decode())} if secret else {},
     )
     record = CallRecord()
+    models = model_client(settings)
     session, agent = build_session(
-        config, settings=settings, vad_model=vad_model, http=http, session_id=uuid.uuid4(), record=record
+        config,
+        settings=settings,
+        vad_model=vad_model,
+        models=models,
+        http=http,
+        session_id=uuid.uuid4(),
+        record=record,
     )
     closed: asyncio.Future[CloseEvent] = asyncio.get_running_loop().create_future()
 
@@ -161,7 +175,7 @@ async def start_call(
 
     session.on("close", on_close)
     greeting = await session.start(agent, capture_run=True)
-    return TextCall(session=session, record=record, closed=closed, greeting=greeting)
+    return TextCall(session=session, record=record, closed=closed, greeting=greeting, models=models)
 
 
 def messages(result: RunResult[None]) -> list[str]:
@@ -188,7 +202,7 @@ async def test_the_agent_greets_with_its_first_message(
             ("agent", "We open at nine."),
         ]
     finally:
-        await call.session.aclose()
+        await call.close()
 
 
 async def test_a_tool_call_reaches_the_webhook_signed(
@@ -214,7 +228,7 @@ async def test_a_tool_call_reaches_the_webhook_signed(
         )
         assert schema["function"]["parameters"]["required"] == ["order_id"]
     finally:
-        await call.session.aclose()
+        await call.close()
 
 
 async def test_invalid_arguments_are_told_to_the_model_without_a_request(
@@ -232,7 +246,7 @@ async def test_invalid_arguments_are_told_to_the_model_without_a_request(
         assert webhook.calls == []
         assert messages(result) == ["Could you repeat the order number?"]
     finally:
-        await call.session.aclose()
+        await call.close()
 
 
 async def test_a_slow_tool_times_out_and_the_session_goes_on(
@@ -253,7 +267,7 @@ async def test_a_slow_tool_times_out_and_the_session_goes_on(
         fake_openai.reply("Anything else?")
         assert messages(await call.session.run(user_input="OK")) == ["Anything else?"]
     finally:
-        await call.session.aclose()
+        await call.close()
 
 
 async def test_a_failing_tool_is_reported_to_the_model(
@@ -272,7 +286,7 @@ async def test_a_failing_tool_is_reported_to_the_model(
         assert "HTTP 500" in outputs[0].output and "database on fire" in outputs[0].output
         assert messages(result) == ["I cannot look that up right now."]
     finally:
-        await call.session.aclose()
+        await call.close()
 
 
 async def test_an_unsigned_call_is_refused_by_the_receiver(
@@ -288,7 +302,7 @@ async def test_an_unsigned_call_is_refused_by_the_receiver(
         assert outputs[0].is_error and "HTTP 401" in outputs[0].output
         assert [c["verified"] for c in webhook.calls] == [False]
     finally:
-        await call.session.aclose()
+        await call.close()
 
 
 async def test_end_call_closes_the_session_after_the_goodbye(
@@ -318,4 +332,18 @@ async def test_a_model_error_ends_nothing_but_the_turn(
         assert messages(result) == ["Recovered answer."]
         assert not call.closed.done()
     finally:
-        await call.session.aclose()
+        await call.close()
+
+
+def test_each_call_gets_its_own_vad_on_the_process_model(vad_model: vad.VAD) -> None:
+    """Calls share Silero's ONNX session, loaded once per process, but not the VAD's event emitter:
+    one call's VAD metrics must not reach another call's handlers (on another thread's loop)."""
+    assert isinstance(vad_model, silero.VAD)
+    first, second = job_vad(vad_model), job_vad(vad_model)
+    assert first is not second
+    assert first._onnx_session is second._onnx_session is vad_model._onnx_session
+    seen: list[object] = []
+    first.on("metrics_collected", seen.append)
+    second.emit("metrics_collected", object())
+    assert seen == []
+    assert first.min_silence_duration == vad_model.min_silence_duration

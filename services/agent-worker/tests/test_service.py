@@ -23,6 +23,7 @@ from agentline_worker.service import (
     accepts_room,
     argument_errors,
     correlation_id_for,
+    dispatch_timeline,
     end_reason,
     ended_event,
     plan_session,
@@ -279,3 +280,30 @@ def test_correlation_id_comes_from_the_dispatch_or_the_session() -> None:
     assert correlation_id_for("", session_id) == session_id.hex
     assert correlation_id_for("not json", session_id) == session_id.hex
     assert correlation_id_for(json.dumps({"correlation_id": "x" * 500}), session_id) == session_id.hex
+
+
+def test_the_dispatch_timeline_names_each_step_in_ms() -> None:
+    timeline = dispatch_timeline(
+        received_at=100.0,
+        accepted_at=100.01,
+        assigned_at=100.05,
+        launched_at=100.06,
+        entered_at=100.08,
+        joined_at=100.38,
+    )
+    assert timeline == {
+        "accept_ms": 10.0,
+        "assign_ms": 40.0,
+        "launch_ms": 10.0,
+        "entrypoint_ms": 20.0,
+        "connect_ms": 300.0,
+        "dispatch_ms": 380.0,
+    }
+
+
+def test_the_dispatch_timeline_leaves_out_steps_with_unknown_times() -> None:
+    """A resumed job has no request timestamps: no step is reported as decades long."""
+    timeline = dispatch_timeline(
+        received_at=0.0, accepted_at=0.0, assigned_at=0.0, launched_at=0.0, entered_at=5.0, joined_at=5.25
+    )
+    assert timeline == {"connect_ms": 250.0}

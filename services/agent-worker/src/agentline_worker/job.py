@@ -1,13 +1,17 @@
 """The LiveKit side of a call: accept a dispatch, plan it, look the agent up, run the session, and
 report `session.started` / `session.ended` on the bus however it ends.
 
-Runs in livekit-agents' job processes (one per call). Each job opens its own bus, Redis and HTTP
-clients: they are bound to the job's event loop, and a call's lifetime is what they need to live.
+Runs in livekit-agents' job processes (one per call). Each job opens its own bus, Redis, HTTP and
+model clients: they are bound to the job's event loop, and a call's lifetime is what they need to
+live. The agent joins the room first; clients open meanwhile and the look-up comes after. What is
+safe to share between calls (Silero's ONNX session, the TLS context) is loaded once per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,15 +26,17 @@ from agentline_common.rooms import PhoneRoom, parse_room_name
 from livekit import rtc
 from livekit.agents import AutoSubscribe, JobContext, JobProcess, JobRequest, room_io, vad
 from livekit.plugins import silero
+from openai import AsyncClient
 from redis.asyncio import Redis
 
-from agentline_worker.pipeline import CallRecord, build_session
+from agentline_worker.pipeline import CallRecord, build_session, model_client
 from agentline_worker.service import (
     PhoneCallPlan,
     PlanError,
     SessionPlan,
     accepts_room,
     correlation_id_for,
+    dispatch_timeline,
     ended_event,
     plan_session,
     refusal,
@@ -42,6 +48,7 @@ from agentline_worker.settings import WorkerSettings
 log = structlog.get_logger()
 
 VAD_KEY = "vad"
+SETTINGS_KEY = "settings"
 CALLER_WAIT_SECONDS = 30.0
 FINISH_WAIT_SECONDS = 20.0
 CALLER_KINDS = [
@@ -50,11 +57,43 @@ CALLER_KINDS = [
 ]
 
 
+_process_lock = threading.Lock()
+_process_vad: silero.VAD | None = None
+
+
+def _set_up_process(settings: WorkerSettings) -> silero.VAD:
+    """Logging and Silero's ONNX model, once per worker process (the model costs 0.2-0.6 s of CPU).
+
+    With the thread executor every call gets a fresh job "process" (a thread) whose prewarm runs
+    while the previous call is joining its room, so a per-job load slowed every dispatch.
+    """
+    global _process_vad
+    with _process_lock:
+        if _process_vad is None:
+            configure_logging(
+                service=settings.service_name, json=settings.json_logs, level=settings.log_level
+            )
+            loaded = silero.VAD.load(min_silence_duration=settings.vad_silence_seconds)
+            assert isinstance(loaded, silero.VAD)
+            _process_vad = loaded
+        return _process_vad
+
+
+def job_vad(shared: silero.VAD) -> silero.VAD:
+    """A VAD of its own for one job, on the process's shared ONNX session.
+
+    The session is thread-safe and every stream keeps its own state, but a VAD object is an event
+    emitter that each session subscribes to: shared between calls, one call's metrics would be
+    delivered to the other calls' handlers, on the wrong thread's event loop.
+    """
+    return silero.VAD(session=shared._onnx_session, opts=dataclasses.replace(shared._opts))
+
+
 def prewarm(proc: JobProcess) -> None:
-    """Per job process, before any job: logging, and the Silero model loaded from its wheel."""
+    """Per job process (per call, with the thread executor), before its job: the settings and a VAD."""
     settings = WorkerSettings()
-    configure_logging(service=settings.service_name, json=settings.json_logs, level=settings.log_level)
-    proc.userdata[VAD_KEY] = silero.VAD.load(min_silence_duration=settings.vad_silence_seconds)
+    proc.userdata[SETTINGS_KEY] = settings
+    proc.userdata[VAD_KEY] = job_vad(_set_up_process(settings))
 
 
 async def accept_job(request: JobRequest) -> None:
@@ -68,8 +107,8 @@ async def accept_job(request: JobRequest) -> None:
 
 async def entrypoint(ctx: JobContext) -> None:
     """One dispatched job: the call in `ctx.room`, from join to `session.ended`."""
-    settings = WorkerSettings()
-    call = Call(ctx, settings)
+    settings = ctx.proc.userdata.get(SETTINGS_KEY)
+    call = Call(ctx, settings if isinstance(settings, WorkerSettings) else WorkerSettings())
     ctx.add_shutdown_callback(call.finish)
     await call.start()
 
@@ -80,6 +119,7 @@ class Clients:
     redis: Redis
     registry: RegistryClient
     http: aiohttp.ClientSession
+    models: AsyncClient
 
     @classmethod
     async def open(cls, settings: WorkerSettings) -> Clients:
@@ -87,9 +127,16 @@ class Clients:
         await bus.connect()
         redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2)
         registry = RegistryClient(bus=bus, redis=redis, timeout=settings.registry_timeout_seconds)
-        return cls(bus=bus, redis=redis, registry=registry, http=aiohttp.ClientSession())
+        return cls(
+            bus=bus,
+            redis=redis,
+            registry=registry,
+            http=aiohttp.ClientSession(),
+            models=model_client(settings),
+        )
 
     async def close(self) -> None:
+        await self.models.close()
         await self.http.close()
         await self.redis.aclose()
         await self.bus.close()
@@ -107,8 +154,10 @@ class Call:
         self._record = CallRecord()
         self._agent: AgentConfig | None = None
         self._ended: asyncio.Task[None] | None = None
+        self._joined_at = 0.0
 
     async def start(self) -> None:
+        entered_at = time.time()
         bind_correlation_id(correlation_id_for(self._ctx.job.metadata, self._session_id))
         structlog.contextvars.bind_contextvars(
             session_id=str(self._session_id), room=self._room_name, job_id=self._ctx.job.id
@@ -123,7 +172,17 @@ class Call:
             self._ctx.shutdown("broker unavailable")
             return
         await connected
-        log.info("call.joined")
+        self._joined_at = time.time()
+        info = self._ctx._info  # livekit-agents keeps the dispatch's timestamps there
+        timeline = dispatch_timeline(
+            received_at=info.received_at,
+            accepted_at=info.accepted_at,
+            assigned_at=info.assigned_at,
+            launched_at=info.launched_at,
+            entered_at=entered_at,
+            joined_at=self._joined_at,
+        )
+        log.info("call.joined", **timeline)
 
         caller = await self._wait_for_caller()
         if caller is not None:
@@ -180,6 +239,7 @@ class Call:
             agent,
             settings=self._settings,
             vad_model=vad_model if isinstance(vad_model, vad.VAD) else None,
+            models=self._clients.models,
             http=self._clients.http,
             session_id=plan.session_id,
             record=self._record,
@@ -190,7 +250,12 @@ class Call:
             options.participant_identity = caller.identity
         self._record.started_at = time.time()
         await session.start(voice_agent, room=self._ctx.room, room_options=options)
-        log.info("call.started", agent_id=str(agent.id), kind=type(plan).__name__)
+        log.info(
+            "call.started",
+            agent_id=str(agent.id),
+            kind=type(plan).__name__,
+            since_join_ms=round((time.time() - self._joined_at) * 1000, 1),
+        )
         await self._publish(
             started_event(plan, agent, worker_id=self._ctx.worker_id, job_id=self._ctx.job.id)
         )

@@ -6,12 +6,15 @@ Kept apart from the LiveKit job so that tests drive the very same session in tex
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httpx2
 import structlog
 from agentline_common.agents import AgentConfig
 from agentline_common.events import EndReason, TranscriptEntry, TurnMetrics
@@ -25,6 +28,7 @@ from livekit.agents import (
 )
 from livekit.agents.llm import ChatMessage
 from livekit.plugins import openai
+from openai import AsyncClient
 
 from agentline_worker.service import end_reason, transcript_entry, turn_metrics
 from agentline_worker.settings import WorkerSettings
@@ -86,6 +90,35 @@ class CallRecord:
         return round(time.time() - self.started_at, 3)
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The CA bundle, loaded once per process and shared by every call's thread.
+
+    Loading it blocks the event loop for 100-800 ms on a busy machine; the plugins' own clients
+    did so three times per call (STT, LLM, TTS).
+    """
+    return httpx2.create_ssl_context()
+
+
+def model_client(settings: WorkerSettings) -> AsyncClient:
+    """One OpenAI client for a call's STT, LLM and TTS: one connection pool, one TLS context.
+
+    Per call, not per process: httpx's pool belongs to the event loop of the call's thread. The
+    caller closes it when the call ends (the plugins do not close a client they were given).
+    """
+    return AsyncClient(
+        api_key=settings.openai_api_key.get_secret_value() or "unset",
+        base_url=settings.openai_base_url,
+        max_retries=0,
+        http_client=httpx2.AsyncClient(
+            verify=tls_context(),
+            timeout=httpx2.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0),
+            follow_redirects=True,
+            limits=httpx2.Limits(max_connections=50, max_keepalive_connections=50, keepalive_expiry=120),
+        ),
+    )
+
+
 class ConfiguredAgent(Agent):
     """The agent of the registry's config; it greets the caller as soon as the session starts."""
 
@@ -103,33 +136,21 @@ def build_session(
     *,
     settings: WorkerSettings,
     vad_model: vad.VAD | None,
+    models: AsyncClient,
     http: aiohttp.ClientSession,
     session_id: uuid.UUID | None,
     record: CallRecord,
 ) -> tuple[AgentSession[None], Agent]:
     """The AgentSession and Agent for one call of `config`, wired to `record`.
 
-    Models go through livekit-plugins-openai against `settings.openai_base_url`, so OpenAI or any
+    Models go through livekit-plugins-openai with `models` (see `model_client`), so OpenAI or any
     compatible server serves them. Turn detection is Silero VAD plus a fixed endpointing delay: no
     model download, no cloud inference.
     """
-    base_url = settings.openai_base_url
-    api_key = settings.openai_api_key.get_secret_value() or "unset"
     session: AgentSession[None] = AgentSession(
-        stt=openai.STT(model=config.stt_model, language=config.language, base_url=base_url, api_key=api_key),
-        llm=openai.LLM(
-            model=config.llm_model,
-            temperature=config.temperature,
-            base_url=base_url,
-            api_key=api_key,
-        ),
-        tts=openai.TTS(
-            model=config.tts_model,
-            voice=config.voice,
-            response_format=TTS_FORMAT,
-            base_url=base_url,
-            api_key=api_key,
-        ),
+        stt=openai.STT(model=config.stt_model, language=config.language, client=models),
+        llm=openai.LLM(model=config.llm_model, temperature=config.temperature, client=models),
+        tts=openai.TTS(model=config.tts_model, voice=config.voice, response_format=TTS_FORMAT, client=models),
         vad=vad_model,
         turn_handling={
             "turn_detection": "vad",

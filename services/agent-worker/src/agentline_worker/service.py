@@ -337,6 +337,31 @@ def end_reason(
     return "completed"
 
 
+def dispatch_timeline(
+    *,
+    received_at: float,
+    accepted_at: float,
+    assigned_at: float,
+    launched_at: float,
+    entered_at: float,
+    joined_at: float,
+) -> dict[str, float]:
+    """Where a dispatch's time went, in ms per step, from LiveKit's job request to our room join.
+
+    Unix-second timestamps; livekit-agents leaves the first four at 0.0 when it does not know them
+    (resumed jobs), and a step with an unknown start is left out rather than reported as years.
+    """
+    steps = [
+        ("accept_ms", received_at, accepted_at),
+        ("assign_ms", accepted_at, assigned_at),
+        ("launch_ms", assigned_at, launched_at),
+        ("entrypoint_ms", launched_at, entered_at),
+        ("connect_ms", entered_at, joined_at),
+        ("dispatch_ms", received_at, joined_at),
+    ]
+    return {name: round((end - start) * 1000, 1) for name, start, end in steps if start > 0 and end > 0}
+
+
 def started_event(plan: SessionPlan, agent: AgentConfig, *, worker_id: str, job_id: str) -> SessionStarted:
     """`session.started`: the worker joined the room and the agent is live."""
     return SessionStarted(
