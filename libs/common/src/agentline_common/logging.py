@@ -7,6 +7,7 @@ from the request to the event to the worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -31,10 +32,18 @@ def redact_secrets(
     return event_dict
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    """Log keys are few and repeat on every line, so the pattern runs once per key name."""
+    return _SECRET_KEY.search(key) is not None
+
+
 def _redact_value(key: str, value: Any) -> Any:
-    if _SECRET_KEY.search(key) and value is not None:
+    if value is not None and _is_secret_key(key):
         return REDACTED
     if isinstance(value, str):
+        if "://" not in value:
+            return value
         return _URL_CREDENTIALS.sub(rf"\g<scheme>\g<user>:{REDACTED}@", value)
     if isinstance(value, Mapping):
         return {k: _redact_value(str(k), v) for k, v in value.items()}

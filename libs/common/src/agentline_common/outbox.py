@@ -155,6 +155,8 @@ class OutboxRelay:
                     break
                 sent.append(event_id)
             await self._mark_sent(sent)
+            if sent:
+                log.info("outbox.batch_published", count=len(sent))
             published += len(sent)
             if failed or len(batch) < self._batch_size:
                 return published
@@ -208,7 +210,7 @@ class OutboxRelay:
             await self._mark_failed(event_id, error=str(error)[:500])
             return False
         self.published += 1
-        log.info("outbox.published", event_id=str(event_id), event_type=event.type)
+        log.debug("outbox.published", event_id=str(event_id), event_type=event.type)
         return True
 
     async def _mark_sent(self, event_ids: list[object]) -> None:
