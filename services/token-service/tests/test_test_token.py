@@ -427,6 +427,8 @@ async def test_probes_and_metrics(client: httpx.AsyncClient, registry: RegistryS
     assert (await client.get("/readyz")).json() == {"status": "ready"}
     metrics = (await client.get("/metrics")).text
     assert "agentline_tokens_issued_total 1.0" in metrics
+    assert 'agentline_bus_publishes_total{result="confirmed"} 1.0' in metrics
+    assert 'agentline_agent_lookups_total{result="miss"} 1.0' in metrics
     assert (
         'agentline_http_request_duration_seconds_count{method="POST",'
         'route="/api/v1/agents/{agent_id}/test-token",status="200"} 1.0'

@@ -64,6 +64,8 @@ async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: Asyn
     stack.push_async_callback(redis.aclose)
     http = await stack.enter_async_context(httpx.AsyncClient(timeout=bound))
     registry = RegistryClient(bus=bus, redis=redis, timeout=bound)
+    bus.register_metrics(metrics.registry)
+    registry.register_metrics(metrics.registry)
     await start_consumers(registry)
     receiver = None
     if settings.livekit_configured and settings.livekit_api_key and settings.livekit_api_secret:
