@@ -230,23 +230,9 @@ async def remove_member(db: AsyncSession, *, actor: uuid.UUID, org_id: uuid.UUID
 
 
 def agent_read(agent: Agent, numbers: list[str]) -> AgentRead:
+    """The console's view: the look-up answer plus bookkeeping times."""
     return AgentRead(
-        id=agent.id,
-        org_id=agent.org_id,
-        name=agent.name,
-        active=agent.active,
-        instructions=agent.instructions,
-        first_message=agent.first_message,
-        language=agent.language,
-        voice=agent.voice,
-        stt_model=agent.stt_model,
-        llm_model=agent.llm_model,
-        tts_model=agent.tts_model,
-        temperature=agent.temperature,
-        tools=[WebhookTool.model_validate(tool) for tool in agent.tools],
-        phone_numbers=numbers,
-        created_at=agent.created_at,
-        updated_at=agent.updated_at,
+        **dict(agent_config(agent, numbers)), created_at=agent.created_at, updated_at=agent.updated_at
     )
 
 
