@@ -7,6 +7,7 @@ definition of what Twilio sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,6 +121,7 @@ async def serve_gateway(settings: TelephonySettings) -> AsyncIterator[RunningGat
             if task.done():
                 task.result()
             await asyncio.sleep(0.02)
+    await _broker_connected(app, within=10.0)
     port = server.servers[0].sockets[0].getsockname()[1]
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -129,6 +131,15 @@ async def serve_gateway(settings: TelephonySettings) -> AsyncIterator[RunningGat
         finally:
             server.should_exit = True
             await asyncio.wait_for(task, 20)
+
+
+async def _broker_connected(app: FastAPI, *, within: float) -> None:
+    """Give the background bus connection time to come up, so a test's first webhook does not race
+    it; a gateway whose broker is meant to be down simply starts without it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while not app.state.gateway.bus.is_connected:  # noqa: ASYNC110 - the bus has no event for it
+                await asyncio.sleep(0.02)
 
 
 @dataclass
