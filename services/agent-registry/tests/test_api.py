@@ -94,14 +94,16 @@ async def world(registry: RunningApp) -> World:
     assert assigned.status_code == 201, assigned.text
     session_id = uuid.uuid4()
     async with registry.runtime.sessions() as session:
-        await service.record_session_event(
+        await service.record_session_events(
             session,
-            SessionEnded(
-                session_id=session_id,
-                agent_id=agent_id,
-                org_id=org_id,
-                data=SessionEndedData(reason="completed"),
-            ),
+            [
+                SessionEnded(
+                    session_id=session_id,
+                    agent_id=agent_id,
+                    org_id=org_id,
+                    data=SessionEndedData(reason="completed"),
+                )
+            ],
         )
         await session.commit()
     return World(registry, owner, member, outsider, org_id, agent_id, number, session_id)

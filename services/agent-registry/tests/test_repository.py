@@ -151,14 +151,16 @@ async def test_deleting_an_agent_releases_numbers_and_keeps_the_call_log(databas
     async with database.sessions() as session:
         agent = await service.create_agent(session, actor=user.id, org_id=org_id, spec=AgentCreate(name="a"))
         await service.assign_number(session, actor=user.id, agent_id=agent.id, number=number)
-        await service.record_session_event(
+        await service.record_session_events(
             session,
-            SessionEnded(
-                session_id=session_id,
-                agent_id=agent.id,
-                org_id=org_id,
-                data=SessionEndedData(reason="completed"),
-            ),
+            [
+                SessionEnded(
+                    session_id=session_id,
+                    agent_id=agent.id,
+                    org_id=org_id,
+                    data=SessionEndedData(reason="completed"),
+                )
+            ],
         )
         await session.commit()
     async with database.sessions() as session:
@@ -219,7 +221,7 @@ async def test_session_log_out_of_order_and_expiry_sweep(database: Database) -> 
             requested(stale, now - timedelta(seconds=1)),
             requested(fresh, now + timedelta(minutes=5)),
         ):
-            await service.record_session_event(session, event)
+            await service.record_session_events(session, [event])
             await session.commit()
         expired = await service.expire_stale_sessions(
             session, now=now, default_lifetime=timedelta(minutes=10)

@@ -8,7 +8,9 @@ Consuming: each consumer owns a durable quorum queue. The handler runs first, th
 recorded as processed and the message acked; a redelivered event already recorded is acked without
 running the handler again. A failing handler's message goes back to the queue; the broker counts its
 deliveries (`x-delivery-limit`) and dead-letters it to ``<queue>.dlq`` once the limit is reached, so a
-poison message never loops forever.
+poison message never loops forever. `consume_batches` hands the handler every event that arrived while
+the previous batch was being handled, so a consumer that writes to a database commits once for many
+events; a batch that fails is retried one event at a time, so only the bad event goes back.
 
 Look-ups: request/reply with `reply_to` + `correlation_id`; the caller waits a bounded time and gets
 RpcUnavailable (nobody serves the method), RpcTimeout (nobody answered in time) or RpcFailure (the
@@ -51,6 +53,7 @@ DEFAULT_RPC_TIMEOUT = 2.0
 _CONNECTION_ERRORS = (AMQPError, ConnectionError, OSError, RuntimeError)
 
 EventHandler = Callable[[Event], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
 RpcMethod = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
@@ -249,7 +252,38 @@ class Bus:
         max_attempts: int = 5,
         prefetch: int = 16,
     ) -> None:
-        """Deliver events routed by `routing_keys` to `handler` through the durable queue `queue`."""
+        """Deliver events routed by `routing_keys` to `handler`, one at a time, through the durable
+        queue `queue`."""
+
+        async def handle_one(events: Sequence[Event]) -> None:
+            (event,) = events
+            await handler(event)
+
+        await self.consume_batches(
+            queue=queue,
+            routing_keys=routing_keys,
+            handler=handle_one,
+            processed=processed,
+            max_attempts=max_attempts,
+            prefetch=prefetch,
+            max_batch=1,
+        )
+
+    async def consume_batches(
+        self,
+        *,
+        queue: str,
+        routing_keys: Sequence[str],
+        handler: BatchHandler,
+        processed: ProcessedEvents,
+        max_attempts: int = 5,
+        prefetch: int = 256,
+        max_batch: int = 128,
+    ) -> None:
+        """Deliver events routed by `routing_keys` to `handler` in batches of up to `max_batch`, in
+        arrival order, through the durable queue `queue`. A batch is whatever arrived while the previous
+        one was handled: one event when idle, many under load. Each event is acked once its batch
+        succeeded; `prefetch` above `max_batch` lets the next batch gather meanwhile."""
         channel = await self._consumer_channel(prefetch)
         names = queue_names(queue)
         dead_letters = await channel.declare_queue(
@@ -268,8 +302,8 @@ class Bus:
         )
         for key in routing_keys:
             await declared.bind(self._exchange_name, key)
-        await declared.consume(_EventDelivery(queue, handler, processed).on_message)
-        log.info("bus.consuming", queue=queue, routing_keys=list(routing_keys))
+        await declared.consume(_EventDelivery(queue, handler, processed, max_batch=max_batch).on_message)
+        log.info("bus.consuming", queue=queue, routing_keys=list(routing_keys), max_batch=max_batch)
 
     async def subscribe(self, *, routing_keys: Sequence[str], handler: EventHandler) -> None:
         """Deliver events to this process only, through a private queue that vanishes with it.
@@ -376,75 +410,116 @@ class _BusCollector(Collector):
         yield published
 
 
-class _EventDelivery:
-    """Runs one consumer's handler for each delivery: parse, skip duplicates, handle, record, ack."""
+_Delivery = tuple[AbstractIncomingMessage, Event]
 
-    def __init__(self, queue: str, handler: EventHandler, processed: ProcessedEvents) -> None:
+
+class _EventDelivery:
+    """Runs one consumer's handler over its deliveries: parse, skip duplicates, handle, record, ack.
+
+    Deliveries wait in arrival order; one worker task at a time takes up to `max_batch` of them, so the
+    handler never runs twice at once for one consumer and a batch grows with the backlog.
+    """
+
+    def __init__(
+        self, queue: str, handler: BatchHandler, processed: ProcessedEvents, *, max_batch: int
+    ) -> None:
         self._queue = queue
         self._handler = handler
         self._processed = processed
+        self._max_batch = max_batch
+        self._waiting: list[_Delivery] = []
+        self._worker: asyncio.Task[None] | None = None
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        headers = message.headers or {}
-        bind_correlation_id(_header_text(headers.get(CORRELATION_HEADER)))
         try:
             event = parse_event(message.body)
         except ValidationError as error:
             log.error("bus.event_unreadable", queue=self._queue, error=str(error)[:500])
             await message.reject(requeue=False)
             return
-        try:
-            claim = await self._processed.claim(self._queue, event.id)
-        except Exception as error:
-            await self._retry_later(message, event, error)
-            return
-        if claim is not Claim.NEW:
-            await self._skip(message, event, claim)
-            return
-        try:
-            await self._handler(event)
-        except Exception as error:
-            await self._forget_claim(event)
-            await self._retry_later(message, event, error)
-            return
-        try:
-            await self._processed.complete(self._queue, event.id)
-        except Exception as error:
-            # The work is committed; only the duplicate guard is late. The claim still blocks copies
-            # until it lapses, which is the best we can do without the store.
-            log.warning(
-                "bus.completion_not_recorded", queue=self._queue, event_id=str(event.id), error=repr(error)
-            )
-        await message.ack()
+        self._waiting.append((message, event))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"bus.consume:{self._queue}")
 
-    async def _forget_claim(self, event: Event) -> None:
-        try:
-            await self._processed.release(self._queue, event.id)
-        except Exception as error:
-            log.warning(
-                "bus.claim_not_released", queue=self._queue, event_id=str(event.id), error=repr(error)
-            )
+    async def _work(self) -> None:
+        # Ends when nothing waits; on_message starts a new one for the next delivery.
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            try:
+                await self._handle(batch)
+            except _CONNECTION_ERRORS as error:
+                # The channel closed under us: the broker redelivers every unacked message.
+                log.warning("bus.batch_abandoned", queue=self._queue, size=len(batch), error=repr(error))
 
-    async def _skip(self, message: AbstractIncomingMessage, event: Event, claim: Claim) -> None:
-        log.info("bus.duplicate_skipped", queue=self._queue, event_id=str(event.id), claim=claim.value)
-        if claim is Claim.DONE:
+    async def _handle(self, batch: list[_Delivery]) -> None:
+        try:
+            claims = await self._processed.claim(self._queue, [event.id for _, event in batch])
+        except Exception as error:
+            await self._retry_later(batch, error)
+            return
+        fresh = [delivery for delivery, claim in zip(batch, claims, strict=True) if claim is Claim.NEW]
+        done = [delivery for delivery, claim in zip(batch, claims, strict=True) if claim is Claim.DONE]
+        busy = [delivery for delivery, claim in zip(batch, claims, strict=True) if claim is Claim.BUSY]
+        for _, event in (*done, *busy):
+            log.info("bus.duplicate_skipped", queue=self._queue, event_id=str(event.id))
+        for message, _ in done:
             await message.ack()
-        else:
-            # Another delivery of this event is being handled right now; look again shortly.
+        if fresh:
+            await self._run(fresh)
+        if busy:
+            # Another delivery of these events is being handled right now; look again shortly.
             await asyncio.sleep(0.2)
-            await message.nack(requeue=True)
+            for message, _ in busy:
+                await message.nack(requeue=True)
 
-    async def _retry_later(self, message: AbstractIncomingMessage, event: Event, error: Exception) -> None:
-        log.warning(
-            "bus.handler_failed",
-            queue=self._queue,
-            event_id=str(event.id),
-            event_type=event.type,
-            delivery_count=(message.headers or {}).get("x-delivery-count", 0),
-            error=repr(error)[:500],
+    async def _run(self, fresh: list[_Delivery]) -> None:
+        first_message = fresh[0][0]
+        bind_correlation_id(
+            _header_text((first_message.headers or {}).get(CORRELATION_HEADER)) if len(fresh) == 1 else None
         )
+        event_ids = [event.id for _, event in fresh]
+        try:
+            await self._handler([event for _, event in fresh])
+        except Exception as error:
+            if len(fresh) > 1:
+                # One bad event must not hold back the rest: each alone again, so only the bad one
+                # goes back to the queue (and to the dead letters at its delivery limit).
+                log.warning("bus.batch_failed", queue=self._queue, size=len(fresh), error=repr(error)[:500])
+                for delivery in fresh:
+                    await self._run([delivery])
+                return
+            await self._forget_claims(event_ids)
+            await self._retry_later(fresh, error)
+            return
+        try:
+            await self._processed.complete(self._queue, event_ids)
+        except Exception as error:
+            # The work is committed; only the duplicate guard is late. The claims still block copies
+            # until they lapse, which is the best we can do without the store.
+            log.warning("bus.completion_not_recorded", queue=self._queue, size=len(fresh), error=repr(error))
+        for message, _ in fresh:
+            await message.ack()
+
+    async def _forget_claims(self, event_ids: list[uuid.UUID]) -> None:
+        try:
+            await self._processed.release(self._queue, event_ids)
+        except Exception as error:
+            log.warning("bus.claim_not_released", queue=self._queue, size=len(event_ids), error=repr(error))
+
+    async def _retry_later(self, deliveries: list[_Delivery], error: Exception) -> None:
+        for message, event in deliveries:
+            log.warning(
+                "bus.handler_failed",
+                queue=self._queue,
+                event_id=str(event.id),
+                event_type=event.type,
+                delivery_count=(message.headers or {}).get("x-delivery-count", 0),
+                error=repr(error)[:500],
+            )
         await asyncio.sleep(0.05)
-        await message.nack(requeue=True)
+        for message, _ in deliveries:
+            await message.nack(requeue=True)
 
 
 class _Subscription:

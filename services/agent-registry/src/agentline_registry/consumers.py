@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -73,14 +74,15 @@ class LookupResponder:
 
 
 class SessionLog:
-    """Consumes session.* into the call log; one transaction per event, committed before the ack."""
+    """Consumes session.* into the call log: one transaction per batch of events, committed before
+    any of them is acked, so a busy log writes once for many events instead of once per event."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def handle(self, event: Event) -> None:
+    async def handle(self, events: Sequence[Event]) -> None:
         async with self._sessions() as db:
-            await service.record_session_event(db, event)
+            await service.record_session_events(db, events)
             await db.commit()
 
 
@@ -93,7 +95,7 @@ async def start_consumers(
     processed: RedisProcessedEvents,
 ) -> None:
     await bus.serve(queue=queue_prefix + RPC_QUEUE, methods=responder.methods)
-    await bus.consume(
+    await bus.consume_batches(
         queue=queue_prefix + SESSIONS_QUEUE,
         routing_keys=SESSION_EVENTS,
         handler=session_log.handle,

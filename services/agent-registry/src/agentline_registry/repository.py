@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -30,6 +30,11 @@ async def ping(db: AsyncSession) -> None:
 
 async def add(db: AsyncSession, row: Org | User | Membership | Agent | PhoneNumber | CallSession) -> None:
     db.add(row)
+    await db.flush()
+
+
+async def add_all(db: AsyncSession, rows: Sequence[CallSession]) -> None:
+    db.add_all(rows)
     await db.flush()
 
 
@@ -172,6 +177,15 @@ async def delete_number(db: AsyncSession, number: str) -> None:
 
 async def get_session(db: AsyncSession, session_id: uuid.UUID) -> CallSession | None:
     return await db.get(CallSession, session_id)
+
+
+async def sessions_by_id(
+    db: AsyncSession, session_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, CallSession]:
+    if not session_ids:
+        return {}
+    rows = await db.scalars(select(CallSession).where(col(CallSession.id).in_(session_ids)))
+    return {row.id: row for row in rows}
 
 
 async def sessions_of_agent(
