@@ -63,12 +63,14 @@ async def dispatch(livekit_api: api.LiveKitAPI, worker: WorkerService, room: str
     )
 
 
+async def agents_in(livekit_api: api.LiveKitAPI, room: str) -> int:
+    listed = await livekit_api.room.list_participants(api.ListParticipantsRequest(room=room))
+    return sum(p.kind == api.ParticipantInfo.Kind.AGENT for p in listed.participants)
+
+
 async def wait_for_agent_to_leave(livekit_api: api.LiveKitAPI, room: str) -> None:
     async with asyncio.timeout(EVENT_WAIT):
-        while True:
-            listed = await livekit_api.room.list_participants(api.ListParticipantsRequest(room=room))
-            if not any(p.kind == api.ParticipantInfo.Kind.AGENT for p in listed.participants):
-                return
+        while await agents_in(livekit_api, room):
             await asyncio.sleep(0.2)
 
 
@@ -152,19 +154,66 @@ async def test_an_unavailable_agent_ends_the_session_and_leaves(
         await caller.disconnect()
 
 
+async def test_an_agent_dispatched_before_its_caller_waits_for_them(
+    worker_service: WorkerService,
+    running_registry: RegistryService,
+    session_events: SessionEvents,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+) -> None:
+    """A dispatch may create the room before the browser joins: the agent must not start the call
+    (and greet) in an empty room, but when the caller comes."""
+    tenant = running_registry.new_tenant()
+    room, session_id = new_test_room(tenant.agent_id), uuid.uuid4()
+    metadata = json.dumps({"agent_id": str(tenant.agent_id), "session_id": str(session_id)})
+    await dispatch(livekit_api, worker_service, room.name, metadata)
+    async with asyncio.timeout(EVENT_WAIT):
+        while not await agents_in(livekit_api, room.name):
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)
+    assert session_id not in [e.session_id for e in session_events.events]
+    caller = await join_as_caller(livekit_server, room.name, {})
+    try:
+        started: SessionStarted = await session_events.wait_for(SessionStarted, session_id)
+        assert started.agent_id == tenant.agent_id
+    finally:
+        await caller.disconnect()
+    ended: SessionEnded = await session_events.wait_for(SessionEnded, session_id)
+    assert ended.data.reason == "user_hangup"
+
+
+async def test_a_caller_who_never_comes_ends_the_session_as_failed(
+    own_worker: Callable[..., WorkerService],
+    running_registry: RegistryService,
+    session_events: SessionEvents,
+    livekit_api: api.LiveKitAPI,
+) -> None:
+    worker = await asyncio.to_thread(own_worker, 60, CALLER_WAIT_SECONDS="2")
+    tenant = running_registry.new_tenant()
+    room, session_id = new_test_room(tenant.agent_id), uuid.uuid4()
+    metadata = json.dumps({"agent_id": str(tenant.agent_id), "session_id": str(session_id)})
+    await dispatch(livekit_api, worker, room.name, metadata)
+    ended: SessionEnded = await session_events.wait_for(SessionEnded, session_id)
+    assert ended.data.reason == "call_failed"
+    assert ended.data.detail == "nobody joined within 2 s"
+    assert session_id not in [e.session_id for e in session_events.events if isinstance(e, SessionStarted)]
+    await wait_for_agent_to_leave(livekit_api, room.name)
+
+
 @pytest.fixture
 def own_worker(
     livekit_server: Any, running_registry: RegistryService, worker_models: Any
-) -> Iterator[Callable[[int], WorkerService]]:
-    """Start a worker of this test alone (the test stops it), with the given drain timeout."""
+) -> Iterator[Callable[..., WorkerService]]:
+    """Start a worker of this test alone (the test stops it), with the given drain timeout and
+    further settings."""
     started: list[WorkerService] = []
 
-    def start(drain_timeout_seconds: int) -> WorkerService:
+    def start(drain_timeout_seconds: int, **settings: str) -> WorkerService:
         worker = new_worker(
             livekit=livekit_server,
             registry=running_registry,
             models=worker_models,
-            extra_env={"DRAIN_TIMEOUT_SECONDS": str(drain_timeout_seconds)},
+            extra_env={"DRAIN_TIMEOUT_SECONDS": str(drain_timeout_seconds), **settings},
         )
         started.append(worker)
         worker.start()
@@ -196,7 +245,7 @@ async def start_phone_call(
 
 
 async def test_sigterm_drains_calls_in_progress_and_takes_no_new_ones(
-    own_worker: Callable[[int], WorkerService],
+    own_worker: Callable[..., WorkerService],
     running_registry: RegistryService,
     session_events: SessionEvents,
     livekit_server: Any,
@@ -230,7 +279,7 @@ async def test_sigterm_drains_calls_in_progress_and_takes_no_new_ones(
 
 
 async def test_a_call_cut_by_shutdown_still_reports_its_end(
-    own_worker: Callable[[int], WorkerService],
+    own_worker: Callable[..., WorkerService],
     running_registry: RegistryService,
     session_events: SessionEvents,
     livekit_server: Any,

@@ -3,8 +3,9 @@ report `session.started` / `session.ended` on the bus however it ends.
 
 Runs in livekit-agents' job processes (one per call). Each job opens its own bus, Redis, HTTP and
 model clients: they are bound to the job's event loop, and a call's lifetime is what they need to
-live. The agent joins the room first; clients open meanwhile and the look-up comes after. What is
-safe to share between calls (Silero's ONNX session, the TLS context) is loaded once per process.
+live. While the agent joins the room, the clients open and the agent is looked up by the room's
+name, so the session can start as soon as the join is done. What is safe to share between calls
+(Silero's ONNX session, the TLS context) is loaded once per process.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import aiohttp
 import structlog
 from agentline_common.agents import AgentConfig
 from agentline_common.bus import Bus, PublishError
-from agentline_common.events import Event
+from agentline_common.events import EndReason, Event
 from agentline_common.logging import bind_correlation_id, configure_logging
 from agentline_common.registry_client import AgentNotFound, RegistryClient, RegistryUnavailable
-from agentline_common.rooms import PhoneRoom, parse_room_name
+from agentline_common.rooms import InvalidRoomName, PhoneRoom, parse_room_name
 from livekit import rtc
 from livekit.agents import AutoSubscribe, JobContext, JobProcess, JobRequest, room_io, vad
 from livekit.plugins import silero
@@ -31,7 +32,6 @@ from redis.asyncio import Redis
 
 from agentline_worker.pipeline import CallRecord, build_session, model_client
 from agentline_worker.service import (
-    PhoneCallPlan,
     PlanError,
     SessionPlan,
     accepts_room,
@@ -49,7 +49,6 @@ log = structlog.get_logger()
 
 VAD_KEY = "vad"
 SETTINGS_KEY = "settings"
-CALLER_WAIT_SECONDS = 30.0
 FINISH_WAIT_SECONDS = 20.0
 CALLER_KINDS = [
     rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
@@ -154,20 +153,23 @@ class Call:
         self._record = CallRecord()
         self._agent: AgentConfig | None = None
         self._ended: asyncio.Task[None] | None = None
-        self._joined_at = 0.0
+        self._entered_at = self._joined_at = self._looked_up_at = 0.0
 
     async def start(self) -> None:
-        entered_at = time.time()
+        self._entered_at = entered_at = time.time()
         bind_correlation_id(correlation_id_for(self._ctx.job.metadata, self._session_id))
         structlog.contextvars.bind_contextvars(
             session_id=str(self._session_id), room=self._room_name, job_id=self._ctx.job.id
         )
         self._ctx.room.on("disconnected", self._on_room_disconnected)
         connected = asyncio.create_task(self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY))
+        clients = asyncio.create_task(Clients.open(self._settings))
+        found = asyncio.create_task(self._look_up(clients))
         try:
-            self._clients = await Clients.open(self._settings)
+            self._clients = await clients
         except Exception:
             log.exception("call.clients_unavailable")
+            await asyncio.gather(found, return_exceptions=True)
             await connected
             self._ctx.shutdown("broker unavailable")
             return
@@ -185,6 +187,10 @@ class Call:
         log.info("call.joined", **timeline)
 
         caller = await self._wait_for_caller()
+        if caller is None and not isinstance(parse_room_name(self._room_name), PhoneRoom):
+            waited = self._settings.caller_wait_seconds
+            await self._refuse(f"nobody joined within {waited:g} s", reason="call_failed")
+            return
         if caller is not None:
             # A phone call's id comes from its CallSid, known only now.
             self._session_id = session_id_for(self._room_name, self._ctx.job.metadata, caller.attributes)
@@ -199,8 +205,9 @@ class Call:
         except PlanError as error:
             await self._refuse(str(error))
             return
-        agent = await self._look_up(plan)
-        if agent is None:
+        agent = await found
+        if isinstance(agent, str):
+            await self._refuse(agent)
             return
         self._agent = agent
         if (reason := refusal(agent, plan)) is not None:
@@ -209,28 +216,37 @@ class Call:
         await self._run(plan, agent, caller)
 
     async def _wait_for_caller(self) -> rtc.RemoteParticipant | None:
-        """Phone rooms: the SIP caller, whose attributes say which number was dialled."""
-        if not isinstance(parse_room_name(self._room_name), PhoneRoom):
-            return None
+        """The caller: the SIP participant, whose attributes say which number was dialled, or the
+        browser. The agent may be in the room first (a dispatch made before the caller joined), and
+        its greeting must not play to an empty room."""
         try:
             return await asyncio.wait_for(
-                self._ctx.wait_for_participant(kind=CALLER_KINDS), CALLER_WAIT_SECONDS
+                self._ctx.wait_for_participant(kind=CALLER_KINDS), self._settings.caller_wait_seconds
             )
         except TimeoutError:
             return None
 
-    async def _look_up(self, plan: SessionPlan) -> AgentConfig | None:
-        assert self._clients is not None
-        registry = self._clients.registry
+    async def _look_up(self, clients: asyncio.Task[Clients]) -> AgentConfig | str:
+        """The agent the room name points at, or why there is none.
+
+        Runs while the agent joins the room: the name alone says which agent (its id, or the dialled
+        number), so the look-up need not wait for the join or the caller. Whether the call may go
+        to that agent is decided afterwards, by `plan_session` and `refusal`.
+        """
+        registry = (await clients).registry
         try:
-            if isinstance(plan, PhoneCallPlan):
-                return await registry.agent_by_number(plan.number)
-            return await registry.get_agent(plan.agent_id)
+            room = parse_room_name(self._room_name)
+            if isinstance(room, PhoneRoom):
+                return await registry.agent_by_number(room.number)
+            return await registry.get_agent(room.agent_id)
+        except InvalidRoomName as error:
+            return str(error)
         except AgentNotFound:
-            await self._refuse("no such agent")
+            return "no such agent"
         except RegistryUnavailable as error:
-            await self._refuse(f"the registry did not answer: {error}")
-        return None
+            return f"the registry did not answer: {error}"
+        finally:
+            self._looked_up_at = time.time()
 
     async def _run(self, plan: SessionPlan, agent: AgentConfig, caller: rtc.RemoteParticipant | None) -> None:
         assert self._clients is not None
@@ -254,6 +270,7 @@ class Call:
             "call.started",
             agent_id=str(agent.id),
             kind=type(plan).__name__,
+            looked_up_ms=round((self._looked_up_at - self._entered_at) * 1000, 1),
             since_join_ms=round((time.time() - self._joined_at) * 1000, 1),
         )
         await self._publish(
@@ -286,16 +303,16 @@ class Call:
             self._ctx.delete_room()
         self._ctx.shutdown(reason)
 
-    async def _refuse(self, detail: str) -> None:
-        """No call for this job: report `agent_unavailable` and leave the room."""
-        log.warning("call.refused", detail=detail)
+    async def _refuse(self, detail: str, reason: EndReason = "agent_unavailable") -> None:
+        """No call for this job: report why (`agent_unavailable` unless told) and leave the room."""
+        log.warning("call.refused", detail=detail, reason=reason)
         room = parse_room_name(self._room_name)
         self._ended = asyncio.create_task(
             self._publish(
                 ended_event(
                     session_id=self._session_id,
                     room_name=self._room_name,
-                    reason="agent_unavailable",
+                    reason=reason,
                     agent=self._agent,
                     agent_id=getattr(room, "agent_id", None),
                     detail=detail,
@@ -303,7 +320,7 @@ class Call:
             )
         )
         await self._ended
-        self._ctx.shutdown("agent_unavailable")
+        self._ctx.shutdown(reason)
 
     async def _publish(self, event: Event) -> None:
         """Publish with a few bounded retries: a lost `session.ended` leaves a call open forever."""

@@ -48,6 +48,10 @@ class WorkerSettings(CommonSettings):
     job_memory_limit_mb: float = Field(default=0, ge=0)
     """Kill a job process above this (0: no limit)."""
 
+    caller_wait_seconds: float = Field(default=30.0, gt=0, le=600)
+    """How long a dispatched agent waits for its caller (the browser, or the SIP participant) before
+    it gives the call up as `call_failed`: a dispatch may come before the caller has joined."""
+
     registry_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
     publish_attempts: int = Field(default=5, ge=1, le=20)
 
