@@ -41,6 +41,16 @@ FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 200
 READINESS_TIMEOUT = 1.0
 
+_STRING = {"type": "string"}
+TWILIO_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {FORM_MEDIA_TYPE: {"schema": {"type": "object", "additionalProperties": _STRING}}},
+    },
+    "parameters": [{"name": SIGNATURE_HEADER, "in": "header", "required": True, "schema": _STRING}],
+}
+"""What the OpenAPI document says the webhooks take: Twilio's signed form (read by `verified_form`)."""
+
 INCOMING_PATH = "/api/v1/voice/twilio/incoming"
 STATUS_PATH = "/api/v1/voice/twilio/status"
 
@@ -62,10 +72,19 @@ class Gateway:
     metrics: GatewayMetrics
 
 
-async def get_gateway(request: Request) -> Gateway:
-    """Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a hop per request."""
+def gateway_of(request: Request) -> Gateway:
+    """The gateway of the app serving `request`.
+
+    The webhooks call this and `verified_form` themselves instead of declaring them as FastAPI
+    dependencies: resolving dependencies cost a webhook more CPU than its signature check.
+    """
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+async def get_gateway(request: Request) -> Gateway:
+    """Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a hop per request."""
+    return gateway_of(request)
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -113,7 +132,7 @@ async def read_form(request: Request) -> list[tuple[str, str]]:
         return []
 
 
-async def verified_form(request: Request, gateway: GatewayDep) -> dict[str, str]:
+async def verified_form(request: Request, gateway: Gateway) -> dict[str, str]:
     """The webhook's form (the last value of a repeated field), once its Twilio signature verifies."""
     webhook = request.url.path.rsplit("/", 1)[-1]
     if gateway.validator is None:
@@ -131,8 +150,6 @@ async def verified_form(request: Request, gateway: GatewayDep) -> dict[str, str]
     return dict(fields)
 
 
-VerifiedForm = Annotated[dict[str, str], Depends(verified_form)]
-
 router = APIRouter()
 
 
@@ -140,14 +157,16 @@ def twiml_response(body: str) -> Response:
     return Response(content=body, media_type=TWIML_MEDIA_TYPE)
 
 
-@router.post(INCOMING_PATH, response_class=Response, tags=["twilio"])
-async def incoming_call(form: VerifiedForm, gateway: GatewayDep) -> Response:
+@router.post(INCOMING_PATH, response_class=Response, tags=["twilio"], openapi_extra=TWILIO_FORM)
+async def incoming_call(request: Request) -> Response:
     """Twilio's voice webhook for a call to one of our numbers.
 
     Answers TwiML that bridges the call to LiveKit SIP when the number's agent is active, and a polite
     message with a hang-up otherwise (unknown number, inactive agent, registry not answering, unusable
     form). A retried webhook (same CallSid) gets the first answer again and starts no second session.
     """
+    gateway = gateway_of(request)
+    form = await verified_form(request, gateway)
     answer = await service.answer_incoming(
         form,
         lookup=gateway.registry,
@@ -161,13 +180,15 @@ async def incoming_call(form: VerifiedForm, gateway: GatewayDep) -> Response:
     return twiml_response(answer.twiml)
 
 
-@router.post(STATUS_PATH, response_class=Response, tags=["twilio"])
-async def call_status(form: VerifiedForm, gateway: GatewayDep) -> Response:
+@router.post(STATUS_PATH, response_class=Response, tags=["twilio"], openapi_extra=TWILIO_FORM)
+async def call_status(request: Request) -> Response:
     """Twilio's call status callback and the <Dial> action.
 
     A call that never reached its agent (busy, failed, no-answer, canceled) ends its session with
     reason `call_failed`; after a failed bridge the caller hears why before the hang-up.
     """
+    gateway = gateway_of(request)
+    form = await verified_form(request, gateway)
     body, ended = await service.handle_status(form, calls=gateway.calls)
     if ended:
         gateway.relay.wake()
