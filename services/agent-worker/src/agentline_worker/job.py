@@ -30,7 +30,7 @@ from livekit.plugins import silero
 from openai import AsyncClient
 from redis.asyncio import Redis
 
-from agentline_worker.pipeline import CallRecord, build_session, model_client
+from agentline_worker.pipeline import CallRecord, build_session, model_client, warm_up
 from agentline_worker.service import (
     PlanError,
     SessionPlan,
@@ -61,7 +61,8 @@ _process_vad: silero.VAD | None = None
 
 
 def _set_up_process(settings: WorkerSettings) -> silero.VAD:
-    """Logging and Silero's ONNX model, once per worker process (the model costs 0.2-0.6 s of CPU).
+    """Logging, Silero's ONNX model and the first call's warm-up, once per worker process (the model
+    costs 0.2-0.6 s of CPU).
 
     With the thread executor every call gets a fresh job "process" (a thread) whose prewarm runs
     while the previous call is joining its room, so a per-job load slowed every dispatch.
@@ -74,6 +75,7 @@ def _set_up_process(settings: WorkerSettings) -> silero.VAD:
             )
             loaded = silero.VAD.load(min_silence_duration=settings.vad_silence_seconds)
             assert isinstance(loaded, silero.VAD)
+            warm_up(settings)
             _process_vad = loaded
         return _process_vad
 
