@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -279,3 +279,47 @@ async def test_no_event_lost_across_a_broker_restart(rabbitmq: Any, make_bus: An
     await asyncio.wait_for(asyncio.gather(publish_all(), restart_midway()), 240)
     await asyncio.wait_for(all_seen.wait(), 120)
     assert seen == {event.id for event in events}
+
+
+async def test_batches_apply_each_event_once_and_dead_letter_only_the_poison(
+    make_bus: Any, amqp_url: str, redis_url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    bus = await make_bus()
+    redis = Redis.from_url(redis_url)
+    gate = asyncio.Event()
+    batches: list[list[uuid.UUID]] = []
+    applied: list[uuid.UUID] = []
+    poison = session_requested()
+
+    async def handle(events: Sequence[Event]) -> None:
+        # Holding the first batch lets the rest queue up behind it, as under load.
+        await gate.wait()
+        ids = [event.id for event in events]
+        batches.append(ids)
+        if poison.id in ids:
+            raise RuntimeError("this batch's transaction rolls back")
+        applied.extend(ids)
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume_batches(
+        queue=queue,
+        routing_keys=["session.requested"],
+        handler=handle,
+        processed=RedisProcessedEvents(redis),
+        max_attempts=3,
+    )
+    good = [session_requested() for _ in range(20)]
+    for event in [*good[:10], poison, *good[10:], good[3]]:
+        await bus.publish(event)
+    gate.set()
+    async with asyncio.timeout(20):
+        while not (bodies := await dead_letters(amqp_url, queue)) or len(set(applied)) < len(good):
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)  # the duplicate of good[3] comes back once more, and must be skipped
+    assert sorted(applied) == sorted(event.id for event in good)
+    assert max(len(batch) for batch in batches) > 2
+    assert batches.count([poison.id]) == 3  # alone on each of its deliveries, then dead-lettered
+    assert len(bodies) == 1 and str(poison.id).encode() in bodies[0]
+    await redis.aclose()

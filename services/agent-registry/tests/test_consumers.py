@@ -143,3 +143,42 @@ async def test_lookups_answer_config_not_found_and_bad_request(registry: Running
         with pytest.raises(RpcFailure) as failure:
             await bus.request(method, params)
         assert failure.value.code == code, (method, params)
+
+
+async def test_a_burst_of_events_lands_in_batches_each_applied_once(registry: RunningApp) -> None:
+    org_id, agent_id = await _agent(registry)
+    now = datetime.now(UTC)
+    events: list[Event] = []
+    session_ids = [uuid.uuid4() for _ in range(40)]
+    for session_id in session_ids:
+        ids = {"session_id": session_id, "agent_id": agent_id, "org_id": org_id}
+        room = new_test_room(agent_id).name
+        ended = SessionEnded(
+            occurred_at=now + timedelta(seconds=9), data=SessionEndedData(reason="completed"), **ids
+        )
+        events += [
+            ended,
+            SessionRequested(
+                occurred_at=now,
+                data=SessionRequestedData(
+                    kind="test", room_name=room, expires_at=now + timedelta(minutes=10)
+                ),
+                **ids,
+            ),
+            SessionStarted(
+                occurred_at=now + timedelta(seconds=1),
+                data=SessionStartedData(room_name=room, worker="w", job="j"),
+                **ids,
+            ),
+            ended,
+        ]
+    await asyncio.gather(*(registry.runtime.bus.publish(event) for event in events))
+
+    for session_id in session_ids:
+        row = await _wait_for(registry, session_id, "ended")
+        assert (row.kind, row.requested_at, row.started_at, row.end_reason) == (
+            "test",
+            now,
+            now + timedelta(seconds=1),
+            "completed",
+        )

@@ -257,3 +257,42 @@ async def test_roles_decide_who_manages(database: Database) -> None:
             await service.get_org(session, actor=outsider.id, org_id=org_id)
         with pytest.raises(service.Conflict, match="last owner"):
             await service.remove_member(session, actor=owner.id, org_id=org_id, user_id=owner.id)
+
+
+async def test_one_batch_folds_events_of_new_and_known_sessions_in_any_order(database: Database) -> None:
+    user, org_id = await _owner_and_org(database)
+    async with database.sessions() as session:
+        agent = await service.create_agent(session, actor=user.id, org_id=org_id, spec=AgentCreate(name="a"))
+        await session.commit()
+    room = new_test_room(agent.id).name
+    now = datetime.now(UTC)
+    known, new = uuid.uuid4(), uuid.uuid4()
+
+    def requested(session_id: uuid.UUID) -> SessionRequested:
+        return SessionRequested(
+            session_id=session_id,
+            agent_id=agent.id,
+            org_id=org_id,
+            occurred_at=now,
+            data=SessionRequestedData(kind="test", room_name=room, expires_at=now + timedelta(minutes=10)),
+        )
+
+    def started(session_id: uuid.UUID) -> SessionStarted:
+        return SessionStarted(
+            session_id=session_id,
+            agent_id=agent.id,
+            data=SessionStartedData(room_name=room, worker="w", job="j"),
+        )
+
+    ended = SessionEnded(session_id=new, agent_id=agent.id, data=SessionEndedData(reason="completed"))
+    async with database.sessions() as session:
+        await service.record_session_events(session, [requested(known)])
+        await session.commit()
+    async with database.sessions() as session:
+        await service.record_session_events(session, [ended, started(known), started(new), requested(new)])
+        await session.commit()
+    async with database.sessions() as session:
+        rows = await repository.sessions_by_id(session, {known, new})
+    assert (rows[known].status, rows[known].requested_at, rows[known].org_id) == ("active", now, org_id)
+    assert (rows[new].status, rows[new].requested_at, rows[new].org_id) == ("ended", now, org_id)
+    assert rows[new].started_at is not None and rows[new].end_reason == "completed"
