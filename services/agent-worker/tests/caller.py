@@ -49,6 +49,7 @@ class Report:
     greeting: Heard | None = None
     speech_ended_at: float | None = None
     answer: Heard | None = None
+    agent_left_at: float | None = None
     error: str | None = None
     events: list[str] = field(default_factory=list)
 
@@ -77,10 +78,20 @@ class Listener:
             elif self._current is not None:
                 self._quiet_since = self._quiet_since or now
                 if now - self._quiet_since >= QUIET_SECONDS:
-                    self.stretches.append(self._current)
-                    self._current = None
-                    self._quiet_since = None
-                    self.changed.set()
+                    self._close_stretch()
+        self.flush()
+
+    def flush(self) -> None:
+        """End the stretch in progress: the audio ended (the agent left) before the quiet did."""
+        if self._current is not None:
+            self._close_stretch()
+
+    def _close_stretch(self) -> None:
+        assert self._current is not None
+        self.stretches.append(self._current)
+        self._current = None
+        self._quiet_since = None
+        self.changed.set()
 
     async def next_stretch(self, after: int) -> Heard:
         while len(self.stretches) <= after:
@@ -128,12 +139,14 @@ class Microphone:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-async def call(url: str, token: str, wav: str | None, timeout: float, hold: float = 0.0) -> Report:
+async def call(
+    url: str, token: str, wav: str | None, timeout: float, hold: float = 0.0, until_agent_leaves: bool = False
+) -> Report:
     report = Report()
     room = rtc.Room()
     listener = Listener()
     agent_track: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
-    agent_joined = asyncio.Event()
+    agent_joined, agent_left = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
     def on_participant(participant: rtc.RemoteParticipant) -> None:
@@ -144,6 +157,19 @@ async def call(url: str, token: str, wav: str | None, timeout: float, hold: floa
     @room.on("participant_connected")
     def _connected(participant: rtc.RemoteParticipant) -> None:
         on_participant(participant)
+
+    @room.on("participant_disconnected")
+    def _left(participant: rtc.RemoteParticipant) -> None:
+        if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and not agent_left.is_set():
+            report.agent_left_at = time.monotonic()
+            agent_left.set()
+
+    @room.on("disconnected")
+    def _disconnected(_reason: object) -> None:
+        # A deleted room disconnects everyone at once: the agent is gone too.
+        if agent_joined.is_set() and not agent_left.is_set():
+            report.agent_left_at = time.monotonic()
+            agent_left.set()
 
     @room.on("track_subscribed")
     def _subscribed(track: rtc.Track, _: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
@@ -172,8 +198,14 @@ async def call(url: str, token: str, wav: str | None, timeout: float, hold: floa
                 await microphone.done.wait()
                 report.speech_ended_at = microphone.last_loud_at
                 report.events.append("spoke")
-                report.answer = await listener.next_stretch(1)
-                report.events.append("answer heard")
+                if until_agent_leaves:
+                    await agent_left.wait()
+                    report.events.append("agent left")
+                    listener.flush()
+                    report.answer = listener.stretches[1] if len(listener.stretches) > 1 else None
+                else:
+                    report.answer = await listener.next_stretch(1)
+                    report.events.append("answer heard")
     except TimeoutError:
         report.error = f"timed out after {timeout:g} s ({', '.join(report.events) or 'nothing heard'})"
     finally:
@@ -191,11 +223,14 @@ def main() -> None:
     parser.add_argument("--wav", default=None, help="48 kHz mono 16-bit speech to say after the greeting")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--hold", type=float, default=0.0, help="seconds to stay after the greeting")
+    parser.add_argument(
+        "--until-agent-leaves", action="store_true", help="after speaking, stay until the agent leaves"
+    )
     args = parser.parse_args()
     # Reading the token only now lets a benchmark start this process (imports take a while) before
     # the token is issued, so that dispatch latency does not include Python's start-up.
     token = sys.stdin.readline().strip() if args.token == "-" else args.token
-    report = asyncio.run(call(args.url, token, args.wav, args.timeout, args.hold))
+    report = asyncio.run(call(args.url, token, args.wav, args.timeout, args.hold, args.until_agent_leaves))
     print(json.dumps(asdict(report)), flush=True)
 
 

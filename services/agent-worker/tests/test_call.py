@@ -31,6 +31,7 @@ CALLER = Path(__file__).with_name("caller.py")
 GREETING = "Hello, this is the Agentline test agent speaking."
 USER_SAYS = "What are your opening hours?"
 ANSWER = "We are open from nine in the morning to five in the evening."
+GOODBYE = "Thank you for calling, goodbye."
 
 
 def spoken_wav(directory: Path, text: str) -> Path:
@@ -75,10 +76,14 @@ def netns_token_service(
         shutil.rmtree(service.base_dir, ignore_errors=True)
 
 
-def run_caller(livekit_netns: Any, *, url: str, token: str, wav: Path | None) -> dict[str, Any]:
+def run_caller(
+    livekit_netns: Any, *, url: str, token: str, wav: Path | None, until_agent_leaves: bool = False
+) -> dict[str, Any]:
     args = [str(CALLER), "--url", url, "--token", token, "--timeout", "90"]
     if wav is not None:
         args += ["--wav", str(wav)]
+    if until_agent_leaves:
+        args.append("--until-agent-leaves")
     completed = livekit_netns.run_python(args, timeout=150)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -135,6 +140,47 @@ async def test_a_test_call_greets_hears_and_answers(
     )
     assert logged["kind"] == "test" and logged["end_reason"] == "user_hangup"
     assert [entry["text"] for entry in logged["transcript"]] == [GREETING, USER_SAYS, ANSWER]
+
+
+async def test_end_call_says_goodbye_and_the_agent_leaves_the_caller(
+    netns_worker_service: WorkerService,
+    netns_token_service: TokenServiceProcess,
+    running_registry: RegistryService,
+    worker_models: FakeOpenAI,
+    session_events: SessionEvents,
+    livekit_netns: Any,
+    speech: Path,
+) -> None:
+    tenant = running_registry.new_tenant(first_message=GREETING)
+    worker_models.hear(USER_SAYS)
+    worker_models.reply_tool_call("end_call", {})
+    worker_models.reply(GOODBYE)
+    user_token = await asyncio.to_thread(running_registry.login, tenant.user.email, tenant.user.password)
+    issued = await asyncio.to_thread(netns_token_service.test_token, user_token, tenant.agent_id)
+
+    report = await asyncio.to_thread(
+        run_caller,
+        livekit_netns,
+        url=issued["serverUrl"],
+        token=issued["token"],
+        wav=speech,
+        until_agent_leaves=True,
+    )
+
+    assert report["error"] is None, report
+    goodbye = report["answer"]
+    assert goodbye is not None and goodbye["loud_frames"] > 25  # the goodbye was heard, then the agent left
+    assert report["agent_left_at"] >= goodbye["ended_at"]
+    started = next(
+        e for e in await wait_for_started(session_events, issued["roomName"]) if isinstance(e, SessionStarted)
+    )
+    ended: SessionEnded = await session_events.wait_for(SessionEnded, started.session_id)  # type: ignore[arg-type]
+    assert ended.data.reason == "end_call"
+    assert [(t.role, t.text) for t in ended.data.transcript][-2:] == [("user", USER_SAYS), ("agent", GOODBYE)]
+    logged = await asyncio.to_thread(
+        running_registry.wait_for_session, tenant.token, started.session_id, status="ended"
+    )
+    assert logged["end_reason"] == "end_call"
 
 
 async def wait_for_started(events: SessionEvents, room_name: str) -> list[Any]:

@@ -297,3 +297,43 @@ async def test_a_call_cut_by_shutdown_still_reports_its_end(
         assert await asyncio.to_thread(worker.wait_exit, 30.0) == 0
     finally:
         await caller.disconnect()
+
+
+async def test_a_call_that_ends_while_the_broker_is_down_is_logged_once_it_is_back(
+    worker_service: WorkerService,
+    running_registry: RegistryService,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    session_events: SessionEvents,
+    rabbitmq: Any,
+) -> None:
+    tenant = running_registry.new_tenant(number=random_e164())
+    assert tenant.number is not None
+    room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
+    caller = await join_as_caller(
+        livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+    )
+    session_id = phone_session_id(call_sid)
+    try:
+        await dispatch(livekit_api, worker_service, room_name)
+        await session_events.wait_for(SessionStarted, session_id)
+        await asyncio.to_thread(rabbitmq.stop)
+        try:
+            await caller.disconnect()
+            await wait_for_agent_to_leave(livekit_api, room_name)
+            await asyncio.sleep(1.0)  # the worker's publish of session.ended fails meanwhile
+        finally:
+            await asyncio.to_thread(rabbitmq.start)
+    finally:
+        await caller.disconnect()
+
+    logged = await asyncio.to_thread(
+        running_registry.wait_for_session, tenant.token, session_id, status="ended", timeout=60.0
+    )
+    assert logged["end_reason"] == "user_hangup"
+    retried = [
+        line
+        for line in worker_service.log_path.read_text().splitlines()
+        if "bus.publish_retrying" in line and "session.ended" in line
+    ]
+    assert retried, "session.ended was never retried: the broker outage was not exercised"

@@ -49,7 +49,8 @@ log = structlog.get_logger()
 
 VAD_KEY = "vad"
 SETTINGS_KEY = "settings"
-FINISH_WAIT_SECONDS = 20.0
+FINISH_MARGIN_SECONDS = 10.0
+"""How much longer than the publish's own bound a job's end waits for `session.ended`."""
 CALLER_KINDS = [
     rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
     rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
@@ -325,26 +326,26 @@ class Call:
         self._ctx.shutdown(reason)
 
     async def _publish(self, event: Event) -> None:
-        """Publish with a few bounded retries: a lost `session.ended` leaves a call open forever."""
+        """Publish, retrying through a broker outage for up to `publish_give_up_seconds`: a lost
+        `session.ended` leaves a call open in the log (and its transcript is lost)."""
         assert self._clients is not None
-        delay = 0.2
-        for attempt in range(1, self._settings.publish_attempts + 1):
-            try:
-                await self._clients.bus.publish(event)
-            except PublishError as error:
-                log.warning("call.publish_failed", event_type=event.type, attempt=attempt, error=str(error))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            log.info("call.published", event_type=event.type, event_id=str(event.id))
+        try:
+            await self._clients.bus.publish_reliably(
+                event, give_up_after=self._settings.publish_give_up_seconds
+            )
+        except PublishError as error:
+            log.error("call.event_lost", event_type=event.type, event_id=str(event.id), error=str(error))
             return
-        log.error("call.event_lost", event_type=event.type, event_id=str(event.id))
+        log.info("call.published", event_type=event.type, event_id=str(event.id))
 
     async def finish(self, reason: str) -> None:
         """Job shutdown: wait for `session.ended` to be confirmed, then close the clients."""
         if self._ended is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._ended), FINISH_WAIT_SECONDS)
+                await asyncio.wait_for(
+                    asyncio.shield(self._ended),
+                    self._settings.publish_give_up_seconds + FINISH_MARGIN_SECONDS,
+                )
             except TimeoutError:
                 log.error("call.ended_not_confirmed", reason=reason)
         if self._clients is not None:

@@ -53,7 +53,8 @@ class WorkerSettings(CommonSettings):
     it gives the call up as `call_failed`: a dispatch may come before the caller has joined."""
 
     registry_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
-    publish_attempts: int = Field(default=5, ge=1, le=20)
+    publish_give_up_seconds: float = Field(default=60.0, gt=0, le=600)
+    """How long a session event is retried through a broker outage before it is logged as lost."""
 
     @property
     def end_of_speech_seconds(self) -> float:
