@@ -140,8 +140,13 @@ class Bus:
 
     @property
     def is_connected(self) -> bool:
-        """True while the connection is open (readiness probes use this)."""
-        return self._connection is not None and not self._connection.is_closed
+        """True while the connection is open (readiness probes use this).
+
+        A robust connection that lost the broker is not closed, only reconnecting: `connected` says
+        whether it is up right now.
+        """
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     async def connect(self) -> None:
         """Open the connection and declare the exchanges. Raises BusUnavailable if unreachable."""
