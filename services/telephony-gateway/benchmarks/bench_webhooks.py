@@ -31,7 +31,8 @@ from agentline_common.testing.servers import (
     wait_until,
 )
 from agentline_common.testing.services import RegistryService, random_e164
-from agentline_telephony.testing import INCOMING, PUBLIC_BASE_URL, incoming_form
+from agentline_common.testing.twilio import PUBLIC_BASE_URL, incoming_form
+from agentline_telephony.api import INCOMING_PATH
 from twilio.request_validator import RequestValidator
 
 CONCURRENCY = 32
@@ -83,7 +84,7 @@ def start_gateway(*, base_dir: Path, registry: RegistryService, token: str, port
 def signed_posts(number: str, token: str, count: int) -> list[tuple[dict[str, str], str]]:
     """Forms of `count` distinct calls with their signatures, made before the clock starts."""
     validator = RequestValidator(token)
-    url = f"{PUBLIC_BASE_URL}{INCOMING}"
+    url = f"{PUBLIC_BASE_URL}{INCOMING_PATH}"
     forms = [incoming_form(number) for _ in range(count)]
     return [(form, validator.compute_signature(url, form)) for form in forms]
 
@@ -101,7 +102,7 @@ async def measure(base_url: str, number: str, token: str) -> tuple[LoadResult, L
         async def webhook() -> None:
             form, signature = posts.pop()
             async with session.post(
-                f"{base_url}{INCOMING}", data=form, headers={"X-Twilio-Signature": signature}
+                f"{base_url}{INCOMING_PATH}", data=form, headers={"X-Twilio-Signature": signature}
             ) as response:
                 body = await response.text()
                 assert response.status == 200 and "<Sip>" in body, body

@@ -1,19 +1,127 @@
-"""Fixtures of the gateway's tests: gateways serving on loopback, numbers, event watchers."""
+"""Fixtures of the gateway's tests: gateways serving on loopback, numbers, event watchers.
+
+Test modules import the helper types from here (`from .conftest import ...`); the Twilio forms they
+post come from `agentline_common.testing.twilio`, which the benchmark shares.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
+from agentline_common.bus import Bus
+from agentline_common.events import Event
+from agentline_common.processed_events import InMemoryProcessedEvents
+from agentline_common.testing.twilio import PUBLIC_BASE_URL
+from agentline_telephony.app import create_app
 from agentline_telephony.settings import TelephonySettings
-from agentline_telephony.testing import PUBLIC_BASE_URL, GatewayFactory, RunningGateway, serve_gateway
+from fastapi import FastAPI
 from pydantic import SecretStr
+from twilio.request_validator import RequestValidator
+
+BROKER_WAIT_SECONDS = 10.0
+
+
+@dataclass
+class RunningGateway:
+    """A gateway serving on a loopback port, and a client that posts like Twilio does."""
+
+    app: FastAPI
+    base_url: str
+    token: str
+    client: httpx.AsyncClient
+
+    async def post(
+        self,
+        path: str,
+        form: dict[str, str],
+        *,
+        signed_url: str | None = None,
+        signed_form: dict[str, str] | None = None,
+        signature: str | None = None,
+    ) -> httpx.Response:
+        """POST `form` signed over `signed_url` and `signed_form` (defaults: the public URL and `form`)."""
+        url = signed_url or f"{PUBLIC_BASE_URL}{path}"
+        if signature is None:
+            signature = RequestValidator(self.token).compute_signature(url, signed_form or form)
+        headers = {"X-Twilio-Signature": signature} if signature else {}
+        return await self.client.post(f"{self.base_url}{path}", data=form, headers=headers)
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+"""What the `start_gateway` fixture is: settings overrides in, a running gateway out."""
+
+
+@asynccontextmanager
+async def serve_gateway(
+    settings: TelephonySettings, *, wait_for_broker: bool
+) -> AsyncIterator[RunningGateway]:
+    """Serve the gateway with `settings` on a free loopback port (real uvicorn) until the block ends.
+
+    With `wait_for_broker`, its first broker connection is awaited (bounded), so a test's first
+    webhook does not race it; a gateway whose broker is meant to be down simply starts without it.
+    """
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(20):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    if wait_for_broker:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(app.state.gateway.broker_reached.wait(), BROKER_WAIT_SECONDS)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        try:
+            yield RunningGateway(app=app, base_url=f"http://127.0.0.1:{port}", token=token, client=client)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 20)
+
+
+@dataclass
+class EventLog:
+    """Events seen on an exchange, through a durable queue of the watcher's own."""
+
+    events: list[Event] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, event: Event) -> None:
+        self.events.append(event)
+        self.arrived.set()
+
+    async def wait_for(self, count: int, *, timeout: float = 30.0) -> list[Event]:
+        """The events once at least `count` have arrived; TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            while len(self.events) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.events
+
+
+async def watch_events(bus: Bus, routing_keys: list[str]) -> EventLog:
+    watcher = EventLog()
+    await bus.consume(
+        queue=f"test-events-{secrets.token_hex(6)}",
+        routing_keys=routing_keys,
+        handler=watcher.handle,
+        processed=InMemoryProcessedEvents(),
+    )
+    return watcher
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -21,11 +129,11 @@ async def start_gateway(tmp_path: Path, amqp_url: str, redis_url: str) -> AsyncI
     """Start gateways (a real uvicorn server each, on loopback) with settings overrides.
 
     Each gets a fresh Twilio auth token, its own SQLite file and, unless told otherwise, an
-    exchange of its own.
+    exchange of its own. `wait_for_broker=False` returns before its first broker connection.
     """
     async with AsyncExitStack() as stack:
 
-        async def start(**overrides: Any) -> RunningGateway:
+        async def start(*, wait_for_broker: bool = True, **overrides: Any) -> RunningGateway:
             values: dict[str, Any] = {
                 "environment": "test",
                 "log_format": "console",
@@ -41,7 +149,8 @@ async def start_gateway(tmp_path: Path, amqp_url: str, redis_url: str) -> AsyncI
                 "outbox_relay_interval_seconds": 0.2,
                 **overrides,
             }
-            return await stack.enter_async_context(serve_gateway(TelephonySettings(**values)))
+            settings = TelephonySettings(**values)
+            return await stack.enter_async_context(serve_gateway(settings, wait_for_broker=wait_for_broker))
 
         yield start
         await asyncio.sleep(0)

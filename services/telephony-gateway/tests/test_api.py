@@ -6,26 +6,26 @@ gateway must treat like a registry that is down.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import shutil
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from agentline_common.testing.servers import free_port
+from agentline_common.testing.servers import RabbitMQServer, free_port, make_base_dir
+from agentline_common.testing.twilio import PUBLIC_BASE_URL, incoming_form, status_form
 from agentline_telephony import twiml
-from agentline_telephony.testing import (
-    INCOMING,
-    PUBLIC_BASE_URL,
-    STATUS,
-    GatewayFactory,
-    incoming_form,
-    status_form,
-)
+from agentline_telephony.api import INCOMING_PATH, STATUS_PATH
 from pydantic import SecretStr
 from twilio.request_validator import RequestValidator
+
+from .conftest import GatewayFactory, RunningGateway
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def said(document: str) -> str:
 async def test_a_missing_signature_is_refused(start_gateway: GatewayFactory, unique_number: str) -> None:
     gateway = await start_gateway()
 
-    response = await gateway.post(INCOMING, incoming_form(unique_number), signature="")
+    response = await gateway.post(INCOMING_PATH, incoming_form(unique_number), signature="")
 
     assert response.status_code == 403
     assert "X-Twilio-Signature" in response.json()["detail"]
@@ -55,7 +55,7 @@ async def test_a_tampered_field_is_refused(start_gateway: GatewayFactory, unique
     signed = incoming_form(unique_number)
     sent = {**signed, "From": "+14155550999"}
 
-    response = await gateway.post(INCOMING, sent, signed_form=signed)
+    response = await gateway.post(INCOMING_PATH, sent, signed_form=signed)
 
     assert response.status_code == 403
 
@@ -68,8 +68,8 @@ async def test_a_signature_over_another_url_is_refused(
     gateway = await start_gateway()
     form = incoming_form(unique_number)
 
-    host_url = await gateway.post(INCOMING, form, signed_url=f"{gateway.base_url}{INCOMING}")
-    other_path = await gateway.post(INCOMING, form, signed_url=f"{PUBLIC_BASE_URL}{STATUS}")
+    host_url = await gateway.post(INCOMING_PATH, form, signed_url=f"{gateway.base_url}{INCOMING_PATH}")
+    other_path = await gateway.post(INCOMING_PATH, form, signed_url=f"{PUBLIC_BASE_URL}{STATUS_PATH}")
 
     assert (host_url.status_code, other_path.status_code) == (403, 403)
 
@@ -79,9 +79,9 @@ async def test_a_signature_with_another_token_is_refused(
 ) -> None:
     gateway = await start_gateway()
     form = incoming_form(unique_number)
-    forged = RequestValidator("x" * 32).compute_signature(f"{PUBLIC_BASE_URL}{INCOMING}", form)
+    forged = RequestValidator("x" * 32).compute_signature(f"{PUBLIC_BASE_URL}{INCOMING_PATH}", form)
 
-    response = await gateway.post(INCOMING, form, signature=forged)
+    response = await gateway.post(INCOMING_PATH, form, signature=forged)
 
     assert response.status_code == 403
 
@@ -99,7 +99,7 @@ async def test_a_signature_over_the_url_with_its_default_port_verifies(
     gateway = await start_gateway()
     form = incoming_form(unique_number)
 
-    response = await gateway.post(INCOMING, form, signed_url=PUBLIC_BASE_URL + ":443" + INCOMING)
+    response = await gateway.post(INCOMING_PATH, form, signed_url=PUBLIC_BASE_URL + ":443" + INCOMING_PATH)
 
     assert response.status_code == 200
 
@@ -109,13 +109,13 @@ async def test_every_value_of_a_repeated_field_is_signed(
 ) -> None:
     gateway = await start_gateway()
     fields = [*incoming_form(unique_number).items(), ("Extra", "first"), ("Extra", "second")]
-    signature = twilio_signature(gateway.token, PUBLIC_BASE_URL + INCOMING, fields)
-    dropped = twilio_signature(gateway.token, PUBLIC_BASE_URL + INCOMING, fields[:-1])
+    signature = twilio_signature(gateway.token, PUBLIC_BASE_URL + INCOMING_PATH, fields)
+    dropped = twilio_signature(gateway.token, PUBLIC_BASE_URL + INCOMING_PATH, fields[:-1])
 
     async def post(signature: str) -> int:
         headers = {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"}
         response = await gateway.client.post(
-            f"{gateway.base_url}{INCOMING}", content=urlencode(fields), headers=headers
+            f"{gateway.base_url}{INCOMING_PATH}", content=urlencode(fields), headers=headers
         )
         status: int = response.status_code
         return status
@@ -131,7 +131,7 @@ async def test_a_signature_that_is_not_ascii_is_refused_not_an_error(
     form = incoming_form(unique_number)
 
     response = await gateway.client.post(
-        f"{gateway.base_url}{INCOMING}",
+        f"{gateway.base_url}{INCOMING_PATH}",
         data=form,
         headers={b"X-Twilio-Signature": "é".encode("latin-1") * 28},
     )
@@ -143,8 +143,8 @@ async def test_the_status_callback_is_signed_too(start_gateway: GatewayFactory, 
     gateway = await start_gateway()
     form = status_form(incoming_form(unique_number), "busy")
 
-    unsigned = await gateway.post(STATUS, form, signature="")
-    signed = await gateway.post(STATUS, form)
+    unsigned = await gateway.post(STATUS_PATH, form, signature="")
+    signed = await gateway.post(STATUS_PATH, form)
 
     assert unsigned.status_code == 403
     assert signed.status_code == 200
@@ -158,7 +158,7 @@ async def test_no_auth_token_configured_refuses_every_webhook(
     gateway = await start_gateway(twilio_auth_token=None)
 
     response = await gateway.client.post(
-        f"{gateway.base_url}{INCOMING}",
+        f"{gateway.base_url}{INCOMING_PATH}",
         data=incoming_form(unique_number),
         headers={"X-Twilio-Signature": "anything"},
     )
@@ -181,7 +181,7 @@ async def test_a_signed_but_unusable_form_still_gets_polite_twiml(
     else:
         form[field] = value
 
-    response = await gateway.post(INCOMING, form)
+    response = await gateway.post(INCOMING_PATH, form)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
@@ -194,7 +194,7 @@ async def test_no_registry_answering_gets_polite_twiml_within_the_bound(
     gateway = await start_gateway()  # its exchange has no registry bound to it
 
     started = time.monotonic()
-    response = await gateway.post(INCOMING, incoming_form(unique_number))
+    response = await gateway.post(INCOMING_PATH, incoming_form(unique_number))
     elapsed = time.monotonic() - started
 
     assert response.status_code == 200
@@ -204,8 +204,8 @@ async def test_no_registry_answering_gets_polite_twiml_within_the_bound(
 
 async def test_health_readiness_and_metrics(start_gateway: GatewayFactory, unique_number: str) -> None:
     gateway = await start_gateway()
-    await gateway.post(INCOMING, incoming_form(unique_number), signature="")
-    await gateway.post(INCOMING, {**incoming_form(unique_number), "To": "oops"})
+    await gateway.post(INCOMING_PATH, incoming_form(unique_number), signature="")
+    await gateway.post(INCOMING_PATH, {**incoming_form(unique_number), "To": "oops"})
 
     health = await gateway.client.get(f"{gateway.base_url}/healthz")
     ready = await gateway.client.get(f"{gateway.base_url}/readyz")
@@ -235,3 +235,59 @@ async def test_readiness_fails_fast_without_redis(start_gateway: GatewayFactory)
     assert ready.status_code == 503
     assert ready.json()["redis"] == "unavailable"
     assert time.monotonic() - started < 5
+
+
+async def readiness_once(
+    gateway: RunningGateway, wanted: Callable[[int, dict[str, Any]], bool], *, within: float
+) -> tuple[int, dict[str, Any]]:
+    """Poll /readyz until its status and body are `wanted`; TimeoutError after `within` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            response = await gateway.client.get(f"{gateway.base_url}/readyz")
+            if wanted(response.status_code, response.json()):
+                return response.status_code, response.json()
+            await asyncio.sleep(0.1)
+
+
+async def test_readiness_waits_for_the_first_broker_connection_only(start_gateway: GatewayFactory) -> None:
+    """Started while its broker is down, the gateway is unready and says why: it could not look up an
+    agent that is not cached yet. Once the broker is up it is ready, and a later broker outage leaves
+    it ready, because calls are still answered (from the cache, events kept in the outbox)."""
+    base_dir = make_base_dir("telephony-readiness-rabbitmq")
+    broker = RabbitMQServer(base_dir=base_dir)
+    try:
+        gateway = await start_gateway(amqp_url=SecretStr(broker.url), wait_for_broker=False)
+        started = time.monotonic()
+        before = await gateway.client.get(f"{gateway.base_url}/readyz")
+        probe_seconds = time.monotonic() - started
+
+        await asyncio.to_thread(broker.start)
+        ready = await readiness_once(gateway, lambda status, _: status == 200, within=30)
+        await asyncio.to_thread(broker.stop)
+        outage = await readiness_once(gateway, lambda _, body: body["broker"] == "unavailable", within=30)
+    finally:
+        await asyncio.to_thread(broker.close)
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+    assert before.status_code == 503
+    assert before.json()["broker"] == "connecting"
+    assert "waiting for the first broker connection" in before.json()["detail"]
+    assert before.json()["database"] == before.json()["redis"] == "ok"
+    assert probe_seconds < 2.5  # bounded: the probe never waits for the broker itself
+    assert ready == (200, {"database": "ok", "redis": "ok", "broker": "ok"})
+    assert outage[0] == 200 and "detail" not in outage[1]
+
+
+async def test_readiness_stops_waiting_for_the_broker_after_the_grace(start_gateway: GatewayFactory) -> None:
+    """A broker that never comes up must not keep the gateway out of service for good."""
+    gateway = await start_gateway(
+        amqp_url=SecretStr(f"amqp://guest:guest@127.0.0.1:{free_port()}/"),
+        broker_ready_grace_seconds=1.0,
+        wait_for_broker=False,
+    )
+
+    first = await gateway.client.get(f"{gateway.base_url}/readyz")
+    ready = await readiness_once(gateway, lambda status, _: status == 200, within=5)
+
+    assert first.status_code == 503 and first.json()["broker"] == "connecting"
+    assert ready == (200, {"database": "ok", "redis": "ok", "broker": "unavailable"})

@@ -15,17 +15,12 @@ import pytest
 from agentline_common.bus import Bus
 from agentline_common.events import SessionEnded, SessionRequested, phone_session_id
 from agentline_common.testing.services import RegistryService, Tenant, random_e164
+from agentline_common.testing.twilio import incoming_form, status_form
 from agentline_telephony import twiml
-from agentline_telephony.testing import (
-    INCOMING,
-    STATUS,
-    GatewayFactory,
-    RunningGateway,
-    incoming_form,
-    status_form,
-    watch_events,
-)
+from agentline_telephony.api import INCOMING_PATH, STATUS_PATH
 from pydantic import SecretStr
+
+from .conftest import GatewayFactory, RunningGateway, watch_events
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +60,7 @@ async def test_an_active_agent_gets_the_call_bridged_and_its_session_logged(
     events = await watch_events(registry_bus, ["session.requested"])
     form = incoming_form(owner.number)
 
-    response = await gateway.post(INCOMING, form)
+    response = await gateway.post(INCOMING_PATH, form)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
@@ -98,7 +93,7 @@ async def test_sip_credentials_are_sent_when_configured(
         start_gateway, running_registry, sip_username="twilio", sip_password=SecretStr(password)
     )
 
-    response = await gateway.post(INCOMING, incoming_form(owner.number))
+    response = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
 
     sip = parse_twiml(response.text).find("./Dial/Sip")
     assert sip is not None
@@ -114,10 +109,10 @@ async def test_unknown_numbers_and_inactive_agents_hear_a_polite_goodbye_and_sta
     gateway = await gateway_for(start_gateway, running_registry)
     events = await watch_events(registry_bus, ["session.requested"])
 
-    unknown = await gateway.post(INCOMING, incoming_form(random_e164()))
-    refused = await gateway.post(INCOMING, incoming_form(inactive.number))
+    unknown = await gateway.post(INCOMING_PATH, incoming_form(random_e164()))
+    refused = await gateway.post(INCOMING_PATH, incoming_form(inactive.number))
     marker = incoming_form(active.number)
-    await gateway.post(INCOMING, marker)  # the one call that does start a session
+    await gateway.post(INCOMING_PATH, marker)  # the one call that does start a session
 
     assert (unknown.status_code, refused.status_code) == (200, 200)
     assert said(unknown.text) == twiml.UNKNOWN_NUMBER_MESSAGE
@@ -136,10 +131,10 @@ async def test_a_retried_webhook_gets_the_same_answer_and_one_session(
     events = await watch_events(registry_bus, ["session.requested"])
     form = incoming_form(owner.number)
 
-    first = await gateway.post(INCOMING, form)
-    retries = await asyncio.gather(*(gateway.post(INCOMING, form) for _ in range(5)))
+    first = await gateway.post(INCOMING_PATH, form)
+    retries = await asyncio.gather(*(gateway.post(INCOMING_PATH, form) for _ in range(5)))
     marker = incoming_form(owner.number)
-    await gateway.post(INCOMING, marker)
+    await gateway.post(INCOMING_PATH, marker)
 
     assert {response.text for response in retries} == {first.text}
     await events.wait_for(2)
@@ -157,13 +152,13 @@ async def test_a_call_that_never_reached_its_agent_ends_its_session(
     gateway = await gateway_for(start_gateway, running_registry)
     events = await watch_events(registry_bus, ["session.ended"])
     form = incoming_form(owner.number)
-    await gateway.post(INCOMING, form)
+    await gateway.post(INCOMING_PATH, form)
 
     dial_failed = await gateway.post(
-        STATUS,
+        STATUS_PATH,
         status_form(form, "in-progress", DialCallStatus="failed", DialCallSid="CA" + "1" * 32),
     )
-    repeated = await gateway.post(STATUS, status_form(form, "failed"))
+    repeated = await gateway.post(STATUS_PATH, status_form(form, "failed"))
 
     assert said(dial_failed.text) == twiml.DIAL_FAILED_MESSAGE
     assert list(parse_twiml(repeated.text)) == []
@@ -186,12 +181,12 @@ async def test_a_deactivated_agent_is_refused_within_a_second(
     owner = await tenant(running_registry)
     assert owner.number is not None
     gateway = await gateway_for(start_gateway, running_registry)
-    await gateway.post(INCOMING, incoming_form(owner.number))  # now cached in Redis
+    await gateway.post(INCOMING_PATH, incoming_form(owner.number))  # now cached in Redis
 
     await asyncio.to_thread(running_registry.set_active, owner.token, owner.agent_id, False)
     deadline = time.monotonic() + 1.0
     while True:
-        response = await gateway.post(INCOMING, incoming_form(owner.number))
+        response = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
         if dialled_uri(response.text) is None or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
@@ -208,7 +203,7 @@ async def test_registry_stopped_gets_polite_twiml_within_two_seconds(
     await asyncio.to_thread(running_registry.stop)
     try:
         started = time.monotonic()
-        response = await gateway.post(INCOMING, incoming_form(owner.number))
+        response = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
         elapsed = time.monotonic() - started
     finally:
         await asyncio.to_thread(running_registry.start)
@@ -230,14 +225,14 @@ async def test_broker_down_still_bridges_the_caller_and_publishes_after_the_rest
     assert owner.number is not None
     gateway = await gateway_for(start_gateway, running_registry)
     events = await watch_events(registry_bus, ["session.requested"])
-    await gateway.post(INCOMING, incoming_form(owner.number))
+    await gateway.post(INCOMING_PATH, incoming_form(owner.number))
     await events.wait_for(1)
     form = incoming_form(owner.number)
 
     await asyncio.to_thread(rabbitmq.stop)
     try:
         started = time.monotonic()
-        response = await gateway.post(INCOMING, form)
+        response = await gateway.post(INCOMING_PATH, form)
         elapsed = time.monotonic() - started
     finally:
         await asyncio.to_thread(rabbitmq.start)

@@ -55,6 +55,17 @@ INCOMING_PATH = "/api/v1/voice/twilio/incoming"
 STATUS_PATH = "/api/v1/voice/twilio/status"
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerGrace:
+    """How long readiness waits for the first broker connection, counted from `started` (loop time)."""
+
+    started: float
+    seconds: float
+
+    def over(self, now: float) -> bool:
+        return now - self.started >= self.seconds
+
+
 @dataclass
 class Gateway:
     """Everything the routes use, built once in the app's lifespan."""
@@ -70,6 +81,9 @@ class Gateway:
     redis: Redis
     engine: AsyncEngine
     metrics: GatewayMetrics
+    broker_reached: asyncio.Event
+    """Set once the first broker connection is up and the look-up cache is subscribed to changes."""
+    broker_grace: BrokerGrace
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -204,19 +218,45 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["operations"])
 async def readyz(gateway: GatewayDep, response: Response) -> dict[str, str]:
-    """Readiness: the call store and Redis answer.
+    """Readiness: what a webhook needs. The call store and Redis answer, and the broker was reached.
 
-    The broker is reported but does not make the gateway unready: calls are answered while it is
-    down (events wait in the outbox), and taking the gateway out of service would drop them.
+    Until its first broker connection the gateway cannot look up an agent that is not cached yet, so
+    it stays unready for at most `BROKER_READY_GRACE_SECONDS`; past that, or once connected, a broker
+    outage does not make it unready: calls are answered meanwhile (look-ups from the Redis cache,
+    events kept in the outbox), and taking the gateway out of service would drop them.
     """
-    checks = {
-        "database": await _check(_ping_database(gateway.engine)),
-        "redis": await _check(_ping_redis(gateway.redis)),
-        "broker": "ok" if gateway.bus.is_connected else "unavailable",
-    }
-    if checks["database"] != "ok" or checks["redis"] != "ok":
+    database, redis = await asyncio.gather(
+        _check(_ping_database(gateway.engine)), _check(_ping_redis(gateway.redis))
+    )
+    broker = broker_state(
+        reached=gateway.broker_reached.is_set(),
+        connected=gateway.bus.is_connected,
+        grace_over=gateway.broker_grace.over(asyncio.get_running_loop().time()),
+    )
+    checks = {"database": database, "redis": redis, "broker": broker}
+    problems = [f"{name} unavailable" for name in ("database", "redis") if checks[name] != "ok"]
+    if broker == BROKER_CONNECTING:
+        problems.append(
+            "waiting for the first broker connection (agent look-ups need it), "
+            f"at most {gateway.broker_grace.seconds:g} s after start-up"
+        )
+    if problems:
         response.status_code = 503
+        checks["detail"] = "; ".join(problems)
     return checks
+
+
+BROKER_CONNECTING = "connecting"
+
+
+def broker_state(*, reached: bool, connected: bool, grace_over: bool) -> str:
+    """The broker's line in /readyz: "connecting" (unready) only before its first connection, and
+    only while the start-up grace lasts; otherwise "ok" or "unavailable", which leaves it ready."""
+    if connected and reached:
+        return "ok"
+    if not reached and not grace_over:
+        return BROKER_CONNECTING
+    return "unavailable"
 
 
 @router.get("/metrics", tags=["operations"])

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
-from agentline_telephony.api import STATUS_PATH, Gateway, router
+from agentline_telephony.api import STATUS_PATH, BrokerGrace, Gateway, router
 from agentline_telephony.metrics import GatewayMetrics
 from agentline_telephony.repository import CallStore, OutboxWriter, create_engine, create_schema, outbox
 from agentline_telephony.settings import TelephonySettings
@@ -38,10 +38,11 @@ def sip_target(settings: TelephonySettings) -> SipTarget:
     )
 
 
-async def connect_bus_until_up(bus: Bus, registry: RegistryClient) -> None:
-    """Connect to the broker, retrying while it is down: the gateway serves calls meanwhile.
+async def connect_bus_until_up(bus: Bus, registry: RegistryClient, *, connected: asyncio.Event) -> None:
+    """Connect to the broker, retrying while it is down, and set `connected` once it is up.
 
-    Once connected, aio-pika's robust connection reconnects by itself.
+    Readiness waits for that first connection (bounded, see `readyz`). Once connected, aio-pika's
+    robust connection reconnects by itself, and the gateway stays ready meanwhile.
     """
     while True:
         try:
@@ -51,6 +52,7 @@ async def connect_bus_until_up(bus: Bus, registry: RegistryClient) -> None:
             await asyncio.sleep(BUS_RETRY_SECONDS)
             continue
         await registry.start()
+        connected.set()
         log.info("bus.connected")
         return
 
@@ -75,6 +77,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
     if not token:
         log.warning("twilio.auth_token_missing", effect="every webhook is refused with 503")
+    broker_reached = asyncio.Event()
     app.state.gateway = Gateway(
         public_base_url=settings.public_base_url,
         validator=RequestValidator(token) if token else None,
@@ -87,8 +90,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis=redis,
         engine=engine,
         metrics=app.state.metrics,
+        broker_reached=broker_reached,
+        broker_grace=BrokerGrace(
+            started=asyncio.get_running_loop().time(), seconds=settings.broker_ready_grace_seconds
+        ),
     )
-    connecting = asyncio.create_task(connect_bus_until_up(bus, registry), name="bus-connect")
+    connecting = asyncio.create_task(
+        connect_bus_until_up(bus, registry, connected=broker_reached), name="bus-connect"
+    )
     relay.start()
     log.info("telephony.started", public_base_url=settings.public_base_url)
     try:

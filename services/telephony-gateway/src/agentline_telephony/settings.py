@@ -45,6 +45,10 @@ class TelephonySettings(CommonSettings):
     session_request_ttl_seconds: int = Field(default=600, gt=0)
     call_answer_ttl_seconds: int = Field(default=86_400, gt=0)
     """How long a CallSid's answer is kept for retried webhooks (Twilio retries within minutes)."""
+    broker_ready_grace_seconds: float = Field(default=30.0, ge=0, le=600)
+    """How long after start-up /readyz waits for the first broker connection, which look-ups of agents
+    not yet cached need. Past it the gateway reports ready without the broker: answering from the
+    Redis cache, with events kept in the outbox, beats refusing every call while the broker is down."""
     outbox_relay_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_key: str = "agentline:telephony:outbox"
 
