@@ -44,6 +44,9 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         version="0.1.0",
         summary="LiveKit tokens for the console's Test Agent call.",
         lifespan=lifespan,
+        # /metrics exports our own Prometheus figures; FastAPI's OpenTelemetry hooks, unused, still
+        # looked up the tracer provider (and the environment) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(router)
     for refusal in REFUSALS:
