@@ -21,6 +21,7 @@ from agentline_common.testing.servers import make_base_dir
 from agentline_common.testing.services import (
     RegistryService,
     SessionEvents,
+    Tenant,
     TokenServiceProcess,
     WorkerService,
 )
@@ -76,6 +77,17 @@ def netns_token_service(
         shutil.rmtree(service.base_dir, ignore_errors=True)
 
 
+async def new_test_call(
+    registry: RegistryService, tokens: TokenServiceProcess
+) -> tuple[Tenant, dict[str, Any]]:
+    """A fresh agent that greets with GREETING, and a test-call token for it from the token-service."""
+    tenant = registry.new_tenant(first_message=GREETING)
+    # A fresh login: the user's token must name the organisation created after the first one.
+    user_token = await asyncio.to_thread(registry.login, tenant.user.email, tenant.user.password)
+    issued = await asyncio.to_thread(tokens.test_token, user_token, tenant.agent_id)
+    return tenant, issued
+
+
 def run_caller(
     livekit_netns: Any, *, url: str, token: str, wav: Path | None, until_agent_leaves: bool = False
 ) -> dict[str, Any]:
@@ -99,12 +111,9 @@ async def test_a_test_call_greets_hears_and_answers(
     livekit_netns: Any,
     speech: Path,
 ) -> None:
-    tenant = running_registry.new_tenant(first_message=GREETING)
     worker_models.hear(USER_SAYS)
     worker_models.reply(ANSWER)
-    # A fresh login: the user's token must name the organisation created after the first one.
-    user_token = await asyncio.to_thread(running_registry.login, tenant.user.email, tenant.user.password)
-    issued = await asyncio.to_thread(netns_token_service.test_token, user_token, tenant.agent_id)
+    tenant, issued = await new_test_call(running_registry, netns_token_service)
 
     report = await asyncio.to_thread(
         run_caller, livekit_netns, url=issued["serverUrl"], token=issued["token"], wav=speech
@@ -151,12 +160,10 @@ async def test_end_call_says_goodbye_and_the_agent_leaves_the_caller(
     livekit_netns: Any,
     speech: Path,
 ) -> None:
-    tenant = running_registry.new_tenant(first_message=GREETING)
     worker_models.hear(USER_SAYS)
     worker_models.reply_tool_call("end_call", {})
     worker_models.reply(GOODBYE)
-    user_token = await asyncio.to_thread(running_registry.login, tenant.user.email, tenant.user.password)
-    issued = await asyncio.to_thread(netns_token_service.test_token, user_token, tenant.agent_id)
+    tenant, issued = await new_test_call(running_registry, netns_token_service)
 
     report = await asyncio.to_thread(
         run_caller,

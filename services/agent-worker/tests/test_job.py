@@ -18,6 +18,7 @@ from agentline_common.rooms import LIVEKIT_GUID_ALPHABET, new_test_room
 from agentline_common.testing.services import (
     RegistryService,
     SessionEvents,
+    Tenant,
     WorkerService,
     new_worker,
     random_e164,
@@ -81,15 +82,10 @@ async def test_a_phone_room_resolves_the_agent_by_number(
     livekit_server: Any,
     livekit_api: api.LiveKitAPI,
 ) -> None:
-    tenant = running_registry.new_tenant(number=random_e164())
-    assert tenant.number is not None
-    room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
-    caller = await join_as_caller(
-        livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+    tenant, room_name, caller, session_id = await start_phone_call(
+        running_registry, worker_service, livekit_server, livekit_api
     )
-    session_id = phone_session_id(call_sid)
     try:
-        await dispatch(livekit_api, worker_service, room_name)
         started: SessionStarted = await session_events.wait_for(SessionStarted, session_id)
         assert (started.agent_id, started.org_id) == (tenant.agent_id, tenant.org_id)
         assert started.data.room_name == room_name
@@ -228,12 +224,10 @@ def own_worker(
 
 
 async def start_phone_call(
-    registry: RegistryService,
-    worker: WorkerService,
-    livekit_server: Any,
-    livekit_api: api.LiveKitAPI,
-    events: SessionEvents,
-) -> tuple[rtc.Room, uuid.UUID]:
+    registry: RegistryService, worker: WorkerService, livekit_server: Any, livekit_api: api.LiveKitAPI
+) -> tuple[Tenant, str, rtc.Room, uuid.UUID]:
+    """A phone caller in a fresh agent's number room, and the agent dispatched to it: (the tenant,
+    the room, the caller, the session id)."""
     tenant = registry.new_tenant(number=random_e164())
     assert tenant.number is not None
     room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
@@ -241,7 +235,7 @@ async def start_phone_call(
         livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
     )
     await dispatch(livekit_api, worker, room_name)
-    return caller, phone_session_id(call_sid)
+    return tenant, room_name, caller, phone_session_id(call_sid)
 
 
 async def test_sigterm_drains_calls_in_progress_and_takes_no_new_ones(
@@ -252,9 +246,7 @@ async def test_sigterm_drains_calls_in_progress_and_takes_no_new_ones(
     livekit_api: api.LiveKitAPI,
 ) -> None:
     worker = await asyncio.to_thread(own_worker, 60)
-    caller, session_id = await start_phone_call(
-        running_registry, worker, livekit_server, livekit_api, session_events
-    )
+    _, _, caller, session_id = await start_phone_call(running_registry, worker, livekit_server, livekit_api)
     late_caller: rtc.Room | None = None
     try:
         await session_events.wait_for(SessionStarted, session_id)
@@ -263,8 +255,8 @@ async def test_sigterm_drains_calls_in_progress_and_takes_no_new_ones(
         readiness = worker.readiness()
         assert readiness["checks"]["accepting_jobs"] is False
 
-        late_caller, late_session = await start_phone_call(
-            running_registry, worker, livekit_server, livekit_api, session_events
+        _, _, late_caller, late_session = await start_phone_call(
+            running_registry, worker, livekit_server, livekit_api
         )
         await asyncio.sleep(5)
         assert late_session not in [e.session_id for e in session_events.events]
@@ -286,9 +278,7 @@ async def test_a_call_cut_by_shutdown_still_reports_its_end(
     livekit_api: api.LiveKitAPI,
 ) -> None:
     worker = await asyncio.to_thread(own_worker, 2)
-    caller, session_id = await start_phone_call(
-        running_registry, worker, livekit_server, livekit_api, session_events
-    )
+    _, _, caller, session_id = await start_phone_call(running_registry, worker, livekit_server, livekit_api)
     try:
         await session_events.wait_for(SessionStarted, session_id)
         worker.send_sigterm()
@@ -307,15 +297,10 @@ async def test_a_call_that_ends_while_the_broker_is_down_is_logged_once_it_is_ba
     session_events: SessionEvents,
     rabbitmq: Any,
 ) -> None:
-    tenant = running_registry.new_tenant(number=random_e164())
-    assert tenant.number is not None
-    room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
-    caller = await join_as_caller(
-        livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+    tenant, room_name, caller, session_id = await start_phone_call(
+        running_registry, worker_service, livekit_server, livekit_api
     )
-    session_id = phone_session_id(call_sid)
     try:
-        await dispatch(livekit_api, worker_service, room_name)
         await session_events.wait_for(SessionStarted, session_id)
         await asyncio.to_thread(rabbitmq.stop)
         try:
