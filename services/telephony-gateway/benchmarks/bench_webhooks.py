@@ -6,16 +6,23 @@ agent whose look-up is warm in Redis, so every answer runs the whole path: signa
 store, cached look-up, TwiML, and the answer with its `session.requested` committed to the outbox.
 The bare endpoint is the same process's `GET /healthz`, measured in the same run with the same client,
 so the ratio shows what the webhook's work costs on this machine.
+
+Wall-clock figures move with whatever else the machine runs; CPU time per request does much less, so
+the gateway's CPU per request (all its threads, the outbox relay included, counted until the outbox
+is drained) and the whole machine's (registry, broker, Redis and this client too) are reported beside
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -40,6 +47,29 @@ REQUESTS = 3000
 WARMUP = 200
 P99_GOAL_MS = 30.0
 THROUGHPUT_GOAL_RATIO = 0.5
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DRAIN_TIMEOUT = 60.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid`, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every core spent busy since boot (idle and I/O wait left out)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+class CpuCost(NamedTuple):
+    """CPU milliseconds per request, of the gateway process and of the whole machine."""
+
+    gateway_ms: float
+    machine_ms: float
 
 
 def gateway_command() -> list[str]:
@@ -89,7 +119,19 @@ def signed_posts(number: str, token: str, count: int) -> list[tuple[dict[str, st
     return [(form, validator.compute_signature(url, form)) for form in forms]
 
 
-async def measure(base_url: str, number: str, token: str) -> tuple[LoadResult, LoadResult]:
+async def outbox_drained(session: aiohttp.ClientSession, base_url: str) -> None:
+    """Wait until the gateway's relay has published every stored event (its CPU counts too)."""
+    async with asyncio.timeout(DRAIN_TIMEOUT):
+        while True:
+            async with session.get(f"{base_url}/metrics") as response:
+                if "agentline_telephony_outbox_pending 0.0" in await response.text():
+                    return
+            await asyncio.sleep(0.1)
+
+
+async def measure(
+    base_url: str, number: str, token: str, gateway_pid: int
+) -> tuple[LoadResult, LoadResult, CpuCost, CpuCost]:
     posts = signed_posts(number, token, WARMUP + REQUESTS)
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -107,11 +149,23 @@ async def measure(base_url: str, number: str, token: str) -> tuple[LoadResult, L
                 body = await response.text()
                 assert response.status == 200 and "<Sip>" in body, body
 
+        async def costed(call: Callable[[], Awaitable[None]], *, settle: bool) -> tuple[LoadResult, CpuCost]:
+            gateway, machine = process_cpu_seconds(gateway_pid), machine_cpu_seconds()
+            result = await run_load(call, total=REQUESTS, concurrency=CONCURRENCY)
+            if settle:
+                await outbox_drained(session, base_url)
+            cost = CpuCost(
+                gateway_ms=(process_cpu_seconds(gateway_pid) - gateway) * 1000 / result.count,
+                machine_ms=(machine_cpu_seconds() - machine) * 1000 / result.count,
+            )
+            return result, cost
+
         await run_load(bare, total=WARMUP, concurrency=CONCURRENCY)
         await run_load(webhook, total=WARMUP, concurrency=CONCURRENCY)
-        bare_result = await run_load(bare, total=REQUESTS, concurrency=CONCURRENCY)
-        webhook_result = await run_load(webhook, total=REQUESTS, concurrency=CONCURRENCY)
-    return bare_result, webhook_result
+        await outbox_drained(session, base_url)
+        bare_result, bare_cost = await costed(bare, settle=False)
+        webhook_result, webhook_cost = await costed(webhook, settle=True)
+    return bare_result, webhook_result, bare_cost, webhook_cost
 
 
 async def run() -> list[dict[str, Any]]:
@@ -137,7 +191,10 @@ async def run() -> list[dict[str, Any]]:
         gateway = await asyncio.to_thread(
             start_gateway, base_dir=base_dir, registry=registry, token=token, port=port
         )
-        bare, webhook = await measure(f"http://127.0.0.1:{port}", tenant.number, token)
+        assert gateway.process is not None
+        bare, webhook, bare_cost, webhook_cost = await measure(
+            f"http://127.0.0.1:{port}", tenant.number, token, gateway.process.pid
+        )
     finally:
         if gateway is not None:
             await asyncio.to_thread(gateway.terminate)
@@ -149,8 +206,12 @@ async def run() -> list[dict[str, Any]]:
     return [
         record("telephony.bare_healthz.throughput", bare.per_second, "req/s"),
         record("telephony.bare_healthz.p99", bare.p99, "ms"),
+        record("telephony.bare_healthz.cpu_gateway", bare_cost.gateway_ms, "ms/req"),
+        record("telephony.bare_healthz.cpu_machine", bare_cost.machine_ms, "ms/req"),
         record("telephony.webhook_incoming.throughput", webhook.per_second, "req/s"),
         record("telephony.webhook_incoming.p50", webhook.p50, "ms"),
+        record("telephony.webhook_incoming.cpu_gateway", webhook_cost.gateway_ms, "ms/req"),
+        record("telephony.webhook_incoming.cpu_machine", webhook_cost.machine_ms, "ms/req"),
         record(
             "telephony.webhook_incoming.p99",
             webhook.p99,
