@@ -191,6 +191,7 @@ class Call:
 
         caller = await self._wait_for_caller()
         if caller is None and not isinstance(parse_room_name(self._room_name), PhoneRoom):
+            found.cancel()
             waited = self._settings.caller_wait_seconds
             await self._refuse(f"nobody joined within {waited:g} s", reason="call_failed")
             return
@@ -206,6 +207,7 @@ class Call:
                 attributes=caller.attributes if caller else None,
             )
         except PlanError as error:
+            found.cancel()
             await self._refuse(str(error))
             return
         agent = await found
