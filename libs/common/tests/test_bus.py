@@ -323,3 +323,25 @@ async def test_batches_apply_each_event_once_and_dead_letter_only_the_poison(
     assert batches.count([poison.id]) == 3  # alone on each of its deliveries, then dead-lettered
     assert len(bodies) == 1 and str(poison.id).encode() in bodies[0]
     await redis.aclose()
+
+
+async def test_a_batch_waits_briefly_for_more_events(make_bus: Any) -> None:
+    bus = await make_bus()
+    batches: list[int] = []
+
+    async def handle(events: Sequence[Event]) -> None:
+        batches.append(len(events))
+
+    await bus.consume_batches(
+        queue=f"q-{uuid.uuid4().hex[:8]}",
+        routing_keys=["session.requested"],
+        handler=handle,
+        processed=InMemoryProcessedEvents(),
+        gather_seconds=1.0,
+    )
+    for _ in range(5):
+        await bus.publish(session_requested())
+    async with asyncio.timeout(10):
+        while sum(batches) < 5:
+            await asyncio.sleep(0.05)
+    assert batches == [5]

@@ -7,11 +7,16 @@ write and a publisher-confirmed event; /healthz costs only the HTTP stack, so th
 work adds. A confirmed publish alone, on the same broker and queue, is measured last: it is the floor
 under every token, since no token leaves before its confirm. The load generator shares the machine's
 two cores with all of it.
+
+On two cores both goals come down to CPU per token across every process, so each phase also reports
+the CPU milliseconds per request of the token-service, the registry (its session-log consumer, during
+test-token) and the load generator; the broker's share is not included (read it with `top`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,14 +27,14 @@ from agentline_common.bus import Bus
 from agentline_common.events import SessionRequested, SessionRequestedData
 from agentline_common.logging import configure_logging
 from agentline_common.rooms import new_test_room
-from agentline_common.testing.bench import LoadResult, record, run_load
+from agentline_common.testing.bench import LoadResult, cpu_seconds, record, run_load
 from agentline_common.testing.servers import (
     RabbitMQServer,
     RedisServer,
     make_base_dir,
     new_livekit_credentials,
 )
-from agentline_common.testing.services import RegistryService, TokenServiceProcess
+from agentline_common.testing.services import RegistryService, ServiceProcess, TokenServiceProcess
 
 CONCURRENCY = 32
 WARM_UP = 200
@@ -39,9 +44,10 @@ GOAL_P99_MS = 25.0
 
 
 async def measure(
-    client: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
-) -> tuple[LoadResult, int]:
-    """The timed run after a warm-up, and how many answers in it were not 200 (they count, slowly)."""
+    client: aiohttp.ClientSession, method: str, url: str, *, processes: dict[str, int], **kwargs: Any
+) -> tuple[LoadResult, int, dict[str, float]]:
+    """The timed run after a warm-up, how many answers in it were not 200 (they count, slowly), and
+    the CPU milliseconds per request each of `processes` (name -> pid) spent during the timed run."""
     failures = 0
 
     async def call() -> None:
@@ -55,7 +61,12 @@ async def measure(
 
     await run_load(call, total=WARM_UP, concurrency=CONCURRENCY)
     failures = 0
-    return await run_load(call, total=REQUESTS, concurrency=CONCURRENCY), failures
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    result = await run_load(call, total=REQUESTS, concurrency=CONCURRENCY)
+    cpu_ms = {
+        name: (cpu_seconds(pid) - before[name]) * 1000 / result.count for name, pid in processes.items()
+    }
+    return result, failures, cpu_ms
 
 
 async def measure_confirms(amqp_url: str, exchange: str, agent_id: uuid.UUID) -> LoadResult:
@@ -82,6 +93,11 @@ async def measure_confirms(amqp_url: str, exchange: str, agent_id: uuid.UUID) ->
         return await run_load(publish, total=REQUESTS, concurrency=CONCURRENCY)
     finally:
         await bus.close()
+
+
+def _pid(service: ServiceProcess) -> int:
+    assert service.process is not None and service.process.process is not None
+    return service.process.process.pid
 
 
 async def run() -> list[dict[str, Any]]:
@@ -116,11 +132,17 @@ async def run() -> list[dict[str, Any]]:
             connector=aiohttp.TCPConnector(limit=CONCURRENCY),
             timeout=aiohttp.ClientTimeout(total=10),
         ) as client:
-            bare, bare_failures = await measure(client, "GET", "/healthz")
-            issued, issue_failures = await measure(
+            processes = {
+                "token_service": _pid(tokens),
+                "registry": _pid(registry),
+                "load_generator": os.getpid(),
+            }
+            bare, bare_failures, bare_cpu = await measure(client, "GET", "/healthz", processes=processes)
+            issued, issue_failures, issue_cpu = await measure(
                 client,
                 "POST",
                 f"/api/v1/agents/{tenant.agent_id}/test-token",
+                processes=processes,
                 headers={"Authorization": f"Bearer {user_token}"},
             )
         confirms = await measure_confirms(broker.url, registry.exchange, tenant.agent_id)
@@ -132,6 +154,11 @@ async def run() -> list[dict[str, Any]]:
         for path in (redis.base_dir, registry.base_dir, tokens.base_dir):
             shutil.rmtree(path, ignore_errors=True)
     ratio = issued.per_second / bare.per_second
+    cpu_records = [
+        record(f"token_service.{phase}.cpu.{name}", value, "ms/req")
+        for phase, used in (("healthz", bare_cpu), ("test_token", issue_cpu))
+        for name, value in used.items()
+    ]
     return [
         record("token_service.healthz.throughput", bare.per_second, "req/s"),
         record("token_service.healthz.p50", bare.p50, "ms"),
@@ -163,4 +190,5 @@ async def run() -> list[dict[str, Any]]:
             goal="0 (a 503 means an unconfirmed publish)",
             met=issue_failures == 0,
         ),
+        *cpu_records,
     ]

@@ -284,11 +284,13 @@ class Bus:
         max_attempts: int = 5,
         prefetch: int = 256,
         max_batch: int = 128,
+        gather_seconds: float = 0.0,
     ) -> None:
         """Deliver events routed by `routing_keys` to `handler` in batches of up to `max_batch`, in
         arrival order, through the durable queue `queue`. A batch is whatever arrived while the previous
-        one was handled: one event when idle, many under load. Each event is acked once its batch
-        succeeded; `prefetch` above `max_batch` lets the next batch gather meanwhile."""
+        one was handled, plus up to `gather_seconds` of waiting for more when it is not full: one event
+        when idle, many under load. Each event is acked once its batch succeeded; `prefetch` above
+        `max_batch` lets the next batch gather meanwhile."""
         channel = await self._consumer_channel(prefetch)
         names = queue_names(queue)
         dead_letters = await channel.declare_queue(
@@ -307,7 +309,10 @@ class Bus:
         )
         for key in routing_keys:
             await declared.bind(self._exchange_name, key)
-        await declared.consume(_EventDelivery(queue, handler, processed, max_batch=max_batch).on_message)
+        delivery = _EventDelivery(
+            queue, handler, processed, max_batch=max_batch, gather_seconds=gather_seconds
+        )
+        await declared.consume(delivery.on_message)
         log.info("bus.consuming", queue=queue, routing_keys=list(routing_keys), max_batch=max_batch)
 
     async def subscribe(self, *, routing_keys: Sequence[str], handler: EventHandler) -> None:
@@ -426,12 +431,19 @@ class _EventDelivery:
     """
 
     def __init__(
-        self, queue: str, handler: BatchHandler, processed: ProcessedEvents, *, max_batch: int
+        self,
+        queue: str,
+        handler: BatchHandler,
+        processed: ProcessedEvents,
+        *,
+        max_batch: int,
+        gather_seconds: float,
     ) -> None:
         self._queue = queue
         self._handler = handler
         self._processed = processed
         self._max_batch = max_batch
+        self._gather_seconds = gather_seconds
         self._waiting: list[_Delivery] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -449,6 +461,8 @@ class _EventDelivery:
     async def _work(self) -> None:
         # Ends when nothing waits; on_message starts a new one for the next delivery.
         while self._waiting:
+            if len(self._waiting) < self._max_batch and self._gather_seconds > 0:
+                await asyncio.sleep(self._gather_seconds)
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             try:

@@ -22,6 +22,10 @@ log = structlog.get_logger()
 RPC_QUEUE = "rpc.agent-registry"
 SESSIONS_QUEUE = "agent-registry.sessions"
 SESSION_EVENTS = ("session.requested", "session.started", "session.ended")
+SESSION_LOG_GATHER_SECONDS = 0.05
+"""How long the session log waits for more events before writing a batch that is not full. A batch
+costs about 5 ms of CPU plus 0.75 ms per event, so at a few hundred events a second this halves the
+log's CPU; the call log is read by people, for whom 50 ms is nothing."""
 
 
 def parse_agent_id(params: dict[str, Any]) -> uuid.UUID:
@@ -100,4 +104,5 @@ async def start_consumers(
         routing_keys=SESSION_EVENTS,
         handler=session_log.handle,
         processed=processed,
+        gather_seconds=SESSION_LOG_GATHER_SECONDS,
     )

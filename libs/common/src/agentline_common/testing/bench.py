@@ -1,8 +1,9 @@
-"""What benchmarks share: percentiles, a record shape, and a bounded concurrent load loop."""
+"""What benchmarks share: percentiles, a record shape, a bounded concurrent load loop, CPU time."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,16 @@ def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[index]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used so far (Linux).
+
+    CPU per request, unlike wall-clock figures, hardly changes with what else the machine is doing.
+    """
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def record(name: str, value: float, unit: str, *, goal: str = "", met: bool | None = None) -> dict[str, Any]:
