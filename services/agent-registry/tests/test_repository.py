@@ -20,7 +20,7 @@ from agentline_common.events import (
 from agentline_common.rooms import new_test_room
 from agentline_registry import repository, service
 from agentline_registry.database import migrate
-from agentline_registry.schemas import AgentCreate, AgentUpdate
+from agentline_registry.schemas import AgentCreate, AgentRead, AgentUpdate
 from agentline_registry.tables import OUTBOX, PhoneNumber, User
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +44,14 @@ async def _owner_and_org(db: Database) -> tuple[User, uuid.UUID]:
         org = await service.create_org(session, owner=user.id, name="Org")
         await session.commit()
     return user, org.id
+
+
+async def _org_with_agent(db: Database) -> tuple[User, uuid.UUID, AgentRead]:
+    user, org_id = await _owner_and_org(db)
+    async with db.sessions() as session:
+        agent = await service.create_agent(session, actor=user.id, org_id=org_id, spec=AgentCreate(name="a"))
+        await session.commit()
+    return user, org_id, agent
 
 
 async def _outbox_count(db: Database) -> int:
@@ -186,10 +194,7 @@ async def test_agents_page_in_creation_order(database: Database) -> None:
 
 
 async def test_session_log_out_of_order_and_expiry_sweep(database: Database) -> None:
-    user, org_id = await _owner_and_org(database)
-    async with database.sessions() as session:
-        agent = await service.create_agent(session, actor=user.id, org_id=org_id, spec=AgentCreate(name="a"))
-        await session.commit()
+    user, org_id, agent = await _org_with_agent(database)
     room = new_test_room(agent.id).name
     now = datetime.now(UTC)
     finished, stale, fresh = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -260,10 +265,7 @@ async def test_roles_decide_who_manages(database: Database) -> None:
 
 
 async def test_one_batch_folds_events_of_new_and_known_sessions_in_any_order(database: Database) -> None:
-    user, org_id = await _owner_and_org(database)
-    async with database.sessions() as session:
-        agent = await service.create_agent(session, actor=user.id, org_id=org_id, spec=AgentCreate(name="a"))
-        await session.commit()
+    _, org_id, agent = await _org_with_agent(database)
     room = new_test_room(agent.id).name
     now = datetime.now(UTC)
     known, new = uuid.uuid4(), uuid.uuid4()
