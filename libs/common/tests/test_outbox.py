@@ -2,37 +2,22 @@
 
 import asyncio
 import secrets
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from agentline_common.bus import Bus
-from agentline_common.events import Event, SessionRequested, SessionRequestedData
+from agentline_common.events import Event, SessionRequested
 from agentline_common.outbox import OutboxRelay, add_to_outbox, outbox_table
 from agentline_common.processed_events import InMemoryProcessedEvents
 from sqlalchemy import MetaData, Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .test_bus import session_requested
+
 pytestmark = pytest.mark.integration
 
 BATCH_SIZE = 100
-
-
-def session_requested() -> SessionRequested:
-    agent_id = uuid.uuid4()
-    return SessionRequested(
-        agent_id=agent_id,
-        org_id=uuid.uuid4(),
-        session_id=uuid.uuid4(),
-        data=SessionRequestedData(
-            kind="test",
-            room_name=f"test_{agent_id}_abcdefghijkl",
-            requested_by=uuid.uuid4(),
-            expires_at=datetime.now(UTC) + timedelta(minutes=10),
-        ),
-    )
 
 
 @pytest.fixture
