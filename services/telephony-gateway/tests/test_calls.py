@@ -19,6 +19,7 @@ from agentline_common.testing.twilio import incoming_form, status_form
 from agentline_telephony import twiml
 from agentline_telephony.api import INCOMING_PATH, STATUS_PATH
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from .conftest import GatewayFactory, RunningGateway, watch_events
 
@@ -244,3 +245,21 @@ async def test_broker_down_still_bridges_the_caller_and_publishes_after_the_rest
     assert session_id in {event.session_id for event in seen}
     logged = await asyncio.to_thread(running_registry.wait_for_session, owner.token, session_id, timeout=60)
     assert logged["to_number"] == owner.number
+
+
+async def test_outbox_unwritable_still_gets_twiml_and_no_bridge(
+    start_gateway: GatewayFactory, running_registry: RegistryService
+) -> None:
+    """The store's database fails (here its outbox table is gone): Twilio gets TwiML, never a 500,
+    and the caller is not bridged on a session event that could be lost."""
+    owner = await tenant(running_registry)
+    assert owner.number is not None
+    gateway = await gateway_for(start_gateway, running_registry)
+    async with gateway.app.state.gateway.engine.begin() as connection:
+        await connection.execute(text("DROP TABLE telephony_outbox"))
+
+    response = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/xml")
+    assert said(response.text) == twiml.UNAVAILABLE_MESSAGE

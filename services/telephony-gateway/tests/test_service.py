@@ -11,7 +11,7 @@ from agentline_common.agents import AgentConfig
 from agentline_common.events import SessionEnded, phone_session_id
 from agentline_common.registry_client import AgentNotFound, RegistryUnavailable
 from agentline_telephony import service, twiml
-from agentline_telephony.service import Answer, CallSession, IncomingCall, Outcome
+from agentline_telephony.service import Answer, CallSession, CallStoreUnavailable, IncomingCall, Outcome
 from agentline_telephony.twiml import SipTarget
 
 pytestmark = pytest.mark.unit
@@ -74,6 +74,8 @@ class FakeCalls:
         self.sessions: dict[str, CallSession] = {}
         self.ended: set[uuid.UUID] = set()
         self.outbox: list[object] = []
+        self.down = False
+        """While True, storing an event fails as a database that does not answer would."""
 
     async def answer_of(self, call_sid: str) -> str | None:
         return self.answers.get(call_sid)
@@ -83,6 +85,8 @@ class FakeCalls:
             return answer.twiml
         if call.call_sid in self.answers:
             return self.answers[call.call_sid]
+        if self.down and answer.event is not None:
+            raise CallStoreUnavailable("database is down")
         self.answers[call.call_sid] = answer.twiml
         if answer.event is not None and answer.agent is not None:
             self.sessions[call.call_sid] = CallSession(answer.agent.id, answer.agent.org_id)
@@ -93,6 +97,8 @@ class FakeCalls:
         return self.sessions.get(call_sid)
 
     async def end_unreached(self, event: SessionEnded) -> bool:
+        if self.down:
+            raise CallStoreUnavailable("database is down")
         if event.id in self.ended:
             return False
         self.ended.add(event.id)
@@ -196,6 +202,39 @@ async def test_registry_down_is_told_politely_and_not_remembered_so_a_retry_can_
     assert said(down.twiml) == twiml.UNAVAILABLE_MESSAGE
     assert retried.outcome is Outcome.CONNECTED
     assert len(calls.outbox) == 1
+
+
+async def test_store_down_is_told_politely_never_bridged_and_not_remembered() -> None:
+    """No bridge on an event that may be lost; still TwiML (Twilio plays its own error on a 500)."""
+    number = "+15551230008"
+    lookup = FakeLookup({number: make_agent(number)})
+    calls = FakeCalls()
+    calls.down = True
+    form = twilio_form(number)
+
+    down = await answer(form, lookup, calls)
+    calls.down = False
+    retried = await answer(form, lookup, calls)
+
+    assert down.outcome is Outcome.STORE_UNAVAILABLE
+    assert said(down.twiml) == twiml.UNAVAILABLE_MESSAGE
+    assert retried.outcome is Outcome.CONNECTED
+    assert len(calls.outbox) == 1
+
+
+async def test_store_down_still_answers_a_failed_call_callback() -> None:
+    number = "+15551230009"
+    calls = FakeCalls()
+    form = twilio_form(number)
+    await answer(form, FakeLookup({number: make_agent(number)}), calls)
+    calls.down = True
+
+    reply, ended = await service.handle_status(
+        {**form, "CallStatus": "in-progress", "DialCallStatus": "busy"}, calls=calls
+    )
+
+    assert not ended
+    assert said(reply) == twiml.DIAL_FAILED_MESSAGE
 
 
 async def test_a_bad_form_still_gets_twiml() -> None:

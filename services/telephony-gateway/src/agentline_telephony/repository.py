@@ -26,11 +26,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import MetaData, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import ReturningInsert
 
 from agentline_telephony.coalescing import Coalescer
-from agentline_telephony.service import Answer, CallSession, IncomingCall
+from agentline_telephony.service import Answer, CallSession, CallStoreUnavailable, IncomingCall
 
 log = structlog.get_logger()
 
@@ -214,8 +215,15 @@ class CallStore:
         return record
 
     async def _queue(self, event: SessionRequested | SessionEnded) -> bool:
-        """Add `event` to the outbox; False when an event with its id is already there."""
-        return await self._outbox.add(event)
+        """Add `event` to the outbox; False when an event with its id is already there.
+
+        Raises CallStoreUnavailable when the database fails: the caller must not be bridged on an event
+        that may be lost, yet Twilio must still get TwiML, not a 500.
+        """
+        try:
+            return await self._outbox.add(event)
+        except (SQLAlchemyError, OSError) as error:
+            raise CallStoreUnavailable(f"{type(error).__name__}: {str(error)[:200]}") from error
 
     async def _get_many(self, keys: list[str]) -> list[bytes | str | None]:
         values: list[bytes | str | None] = await self._redis.mget(keys)

@@ -48,8 +48,16 @@ class Outcome(StrEnum):
     UNKNOWN_NUMBER = "unknown_number"
     AGENT_INACTIVE = "agent_inactive"
     REGISTRY_UNAVAILABLE = "registry_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
     BAD_REQUEST = "bad_request"
     RETRIED = "retried"
+
+
+NOT_REMEMBERED = frozenset({Outcome.REGISTRY_UNAVAILABLE, Outcome.STORE_UNAVAILABLE, Outcome.BAD_REQUEST})
+
+
+class CallStoreUnavailable(Exception):
+    """The call store could not keep a call's event durably (its database failed or timed out)."""
 
 
 class BadCallForm(ValueError):
@@ -90,9 +98,9 @@ class Answer:
 
     @property
     def remembered(self) -> bool:
-        """Definite answers are kept for retries; a transient one (registry down) is not, so a
-        retried webhook gets another chance to reach the agent."""
-        return self.outcome not in (Outcome.REGISTRY_UNAVAILABLE, Outcome.BAD_REQUEST)
+        """Definite answers are kept for retries; a transient one (registry or store down) is not, so
+        a retried webhook gets another chance to reach the agent."""
+        return self.outcome not in NOT_REMEMBERED
 
 
 class AgentLookup(Protocol):
@@ -106,7 +114,9 @@ class CallStore(Protocol):
 
     async def remember(self, call: IncomingCall, answer: Answer) -> str:
         """Queue the answer's event, keep the answer for retries, and return the TwiML that won (an
-        earlier answer when a concurrent retry stored one first)."""
+        earlier answer when a concurrent retry stored one first).
+
+        Raises CallStoreUnavailable when the event could not be stored."""
         ...
 
     async def session_of(self, call_sid: str) -> CallSession | None:
@@ -116,7 +126,8 @@ class CallStore(Protocol):
     async def end_unreached(self, event: SessionEnded) -> bool:
         """Queue the `session.ended` of a call that never reached its agent, once per call.
 
-        False when it was queued before (a repeated or second failure callback)."""
+        False when it was queued before (a repeated or second failure callback). Raises
+        CallStoreUnavailable when the event could not be stored."""
         ...
 
 
@@ -217,6 +228,12 @@ def answer_registry_unavailable() -> Answer:
     )
 
 
+def answer_store_unavailable() -> Answer:
+    """No bridge without the session's event stored: the caller is told to call again, as when the
+    registry does not answer, and nothing is remembered, so a retried webhook gets another chance."""
+    return Answer(outcome=Outcome.STORE_UNAVAILABLE, twiml=twiml.say_and_hang_up(twiml.UNAVAILABLE_MESSAGE))
+
+
 def answer_bad_request() -> Answer:
     """Twilio must get TwiML even for a form we cannot use; a 4xx would make it play its own error."""
     return Answer(outcome=Outcome.BAD_REQUEST, twiml=twiml.say_and_hang_up(twiml.BAD_REQUEST_MESSAGE))
@@ -257,7 +274,11 @@ async def answer_incoming(
         return answer_registry_unavailable()
     else:
         answer = answer_for_agent(call, agent, target=target, ttl=ttl)
-    stored = await calls.remember(call, answer)
+    try:
+        stored = await calls.remember(call, answer)
+    except CallStoreUnavailable as error:
+        log.error("twilio.call_not_stored", call_sid=call.call_sid, error=str(error))
+        return answer_store_unavailable()
     if stored != answer.twiml:
         return Answer(outcome=Outcome.RETRIED, twiml=stored)
     log.info(
@@ -286,7 +307,11 @@ async def handle_status(form: Mapping[str, str], *, calls: CallStore) -> tuple[s
         session = await calls.session_of(status.call_sid)
         if session is not None:
             event = session_ended_unreached(status, session)
-            ended = await calls.end_unreached(event)
+            try:
+                ended = await calls.end_unreached(event)
+            except CallStoreUnavailable as error:
+                # The registry's expiry sweep still ends the session that was requested but never started.
+                log.error("twilio.call_end_not_stored", call_sid=status.call_sid, error=str(error))
     log.info(
         "twilio.status_received",
         call_sid=status.call_sid,
