@@ -174,11 +174,16 @@ async def test_a_burst_of_events_lands_in_batches_each_applied_once(registry: Ru
         ]
     await asyncio.gather(*(registry.runtime.bus.publish(event) for event in events))
 
-    for session_id in session_ids:
-        row = await _wait_for(registry, session_id, "ended")
-        assert (row.kind, row.requested_at, row.started_at, row.end_reason) == (
-            "test",
-            now,
-            now + timedelta(seconds=1),
-            "completed",
-        )
+    expected = ("ended", "test", now, now + timedelta(seconds=1), "completed")
+    deadline = time.monotonic() + 10
+    while True:
+        async with registry.runtime.sessions() as db:
+            rows = await repository.sessions_by_id(db, set(session_ids))
+        seen = {
+            session_id: (row.status, row.kind, row.requested_at, row.started_at, row.end_reason)
+            for session_id, row in rows.items()
+        }
+        if seen == dict.fromkeys(session_ids, expected) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert seen == dict.fromkeys(session_ids, expected)
