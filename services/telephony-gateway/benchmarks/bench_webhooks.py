@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import httpx
 from agentline_common.logging import configure_logging
-from agentline_common.testing.bench import LoadResult, record, run_load
+from agentline_common.testing.bench import LoadResult, cpu_seconds, record, run_load
 from agentline_common.testing.servers import (
     ManagedProcess,
     RabbitMQServer,
@@ -49,12 +49,6 @@ P99_GOAL_MS = 30.0
 THROUGHPUT_GOAL_RATIO = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRAIN_TIMEOUT = 60.0
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process `pid`, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def machine_cpu_seconds() -> float:
@@ -150,12 +144,12 @@ async def measure(
                 assert response.status == 200 and "<Sip>" in body, body
 
         async def costed(call: Callable[[], Awaitable[None]], *, settle: bool) -> tuple[LoadResult, CpuCost]:
-            gateway, machine = process_cpu_seconds(gateway_pid), machine_cpu_seconds()
+            gateway, machine = cpu_seconds(gateway_pid), machine_cpu_seconds()
             result = await run_load(call, total=REQUESTS, concurrency=CONCURRENCY)
             if settle:
                 await outbox_drained(session, base_url)
             cost = CpuCost(
-                gateway_ms=(process_cpu_seconds(gateway_pid) - gateway) * 1000 / result.count,
+                gateway_ms=(cpu_seconds(gateway_pid) - gateway) * 1000 / result.count,
                 machine_ms=(machine_cpu_seconds() - machine) * 1000 / result.count,
             )
             return result, cost
