@@ -102,17 +102,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(settings: RegistrySettings, *, host: str | None, port: int | None) -> None:
-    import uvicorn
+    from agentline_common.http import serve
 
     from agentline_registry.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_config=None,
-        access_log=False,
-    )
+    serve(create_app(settings), host=host or settings.host, port=port or settings.port)
 
 
 async def _in_transaction(

@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import asdict
 
-import uvicorn
+from agentline_common.http import serve
 from agentline_common.logging import configure_logging
 from agentline_common.rooms import InvalidPhoneNumber
 from livekit.api import LiveKitAPI
@@ -64,18 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "provision-sip":
         configure_logging(service=settings.service_name, json=settings.json_logs, level=settings.log_level)
         return asyncio.run(_provision(settings, args))
-    # Python's default GIL switch interval (5 ms) is kept: at 0.5 ms the event loop handed the GIL to
-    # the outbox writer's thread ten times as often, which cost the gateway 0.25 ms of CPU per webhook
-    # (1.8 against 1.55 ms in the telephony benchmark) for no gain in throughput or p99.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,  # the app times every request itself (agentline_common.http)
-        loop="uvloop",
-        http="httptools",
-    )
+    serve(create_app(settings), host=settings.host, port=settings.port)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uvicorn
+from agentline_common.http import serve
 from agentline_common.logging import configure_logging
 
 from agentline_token_service.app import create_app
@@ -12,14 +12,7 @@ from agentline_token_service.settings import TokenServiceSettings
 def main() -> None:
     settings = TokenServiceSettings()
     configure_logging(service=settings.service_name, json=settings.json_logs, level=settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-    )
+    serve(create_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":
