@@ -196,20 +196,17 @@ class FakePublisher:
         self.published.append(event)
 
 
-class FakeLimiter:
+class FakeAdmission:
+    """Admits or refuses every call as told; records the rooms of admitted calls."""
+
     def __init__(self, decision: RateDecision) -> None:
         self.decision = decision
-
-    async def hit(self, subject: str) -> RateDecision:
-        return self.decision
-
-
-class FakeRooms:
-    def __init__(self) -> None:
         self.saved: dict[str, SessionRef] = {}
 
-    async def save(self, room_name: str, ref: SessionRef) -> None:
-        self.saved[room_name] = ref
+    async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision:
+        if self.decision.allowed:
+            self.saved[room_name] = ref
+        return self.decision
 
     async def load(self, room_name: str) -> SessionRef | None:
         return self.saved.get(room_name)
@@ -218,22 +215,21 @@ class FakeRooms:
 async def test_issue_announces_the_session_it_hands_out() -> None:
     tested = agent()
     requester = user(tested.org_id)
-    publisher, rooms = FakePublisher(), FakeRooms()
+    publisher, admission = FakePublisher(), FakeAdmission(RateDecision(allowed=True))
 
     token = await issue_test_token(
         settings(),
         user=requester,
         agent_id=tested.id,
         agents=FakeAgents(tested),
-        limiter=FakeLimiter(RateDecision(allowed=True)),
-        rooms=rooms,
+        admission=admission,
         publisher=publisher,
     )
 
     [event] = publisher.published
     assert event.type == "session.requested"
     assert event.data.room_name == token.room_name
-    assert rooms.saved[token.room_name].session_id == event.session_id
+    assert admission.saved[token.room_name].session_id == event.session_id
     claims = livekit_api.TokenVerifier(API_KEY, API_SECRET).verify(token.token)
     assert claims.room_config is not None
     metadata = json.loads(claims.room_config.agents[0].metadata)
@@ -248,25 +244,26 @@ async def test_issue_hands_out_nothing_when_the_broker_does_not_confirm() -> Non
             user=user(tested.org_id),
             agent_id=tested.id,
             agents=FakeAgents(tested),
-            limiter=FakeLimiter(RateDecision(allowed=True)),
-            rooms=FakeRooms(),
+            admission=FakeAdmission(RateDecision(allowed=True)),
             publisher=FakePublisher(fail=True),
         )
 
 
 async def test_issue_refuses_past_the_rate_limit_with_the_wait() -> None:
     tested = agent()
+    admission, publisher = FakeAdmission(RateDecision(allowed=False, retry_after_seconds=17)), FakePublisher()
     with pytest.raises(RateLimited) as refused:
         await issue_test_token(
             settings(rate_limit_requests=3, rate_limit_window_seconds=60),
             user=user(tested.org_id),
             agent_id=tested.id,
             agents=FakeAgents(tested),
-            limiter=FakeLimiter(RateDecision(allowed=False, retry_after_seconds=17)),
-            rooms=FakeRooms(),
-            publisher=FakePublisher(),
+            admission=admission,
+            publisher=publisher,
         )
     assert refused.value.retry_after_seconds == 17
+    assert admission.saved == {}, "a refused call maps no room"
+    assert publisher.published == [], "a refused call is not announced"
     assert "at most 3 every 60 s" in str(refused.value)
 
 
@@ -288,8 +285,9 @@ def test_the_same_webhook_always_ends_the_session_with_the_same_event_id() -> No
 async def test_only_a_finished_test_room_ends_a_session() -> None:
     agent_id = uuid.uuid4()
     test_room = f"test_{agent_id}_abcdefghijkl"
-    rooms = FakeRooms()
-    await rooms.save(test_room, SessionRef(session_id=uuid.uuid4(), agent_id=agent_id, org_id=agent_id))
+    rooms = FakeAdmission(RateDecision(allowed=True))
+    ref = SessionRef(session_id=uuid.uuid4(), agent_id=agent_id, org_id=agent_id)
+    await rooms.admit("user:x", room_name=test_room, ref=ref)
     publisher = FakePublisher()
 
     for event, room_name in [

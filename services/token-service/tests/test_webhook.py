@@ -26,7 +26,7 @@ from agentline_common.testing.servers import (
 from agentline_token_service.app import create_app
 from agentline_token_service.service import SessionRef, generate_test_token
 from agentline_token_service.settings import TokenServiceSettings
-from agentline_token_service.stores import RedisSessionRooms
+from agentline_token_service.stores import RedisTestCalls
 from google.protobuf.json_format import MessageToJson
 from livekit import api as livekit_api
 from livekit import rtc
@@ -60,12 +60,12 @@ def room_finished(room_name: str, *, event_id: str | None = None) -> str:
 async def session_room(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     """`await session_room()` records a test room the way issuing a token does; returns (name, ref)."""
     redis = Redis.from_url(redis_url)
-    rooms = RedisSessionRooms(redis, ttl_seconds=3600, timeout=2)
+    calls = RedisTestCalls(redis, limit=10, window_seconds=60, mapping_ttl_seconds=3600, timeout=2)
 
     async def record(room_name: str | None = None) -> tuple[str, SessionRef]:
         ref = SessionRef(session_id=uuid.uuid4(), agent_id=uuid.uuid4(), org_id=uuid.uuid4())
         name = room_name or new_test_room(ref.agent_id).name
-        await rooms.save(name, ref)
+        assert (await calls.admit(f"user:{uuid.uuid4()}", room_name=name, ref=ref)).allowed
         return name, ref
 
     yield record

@@ -17,7 +17,6 @@ from agentline_common.registry_client import AgentNotFound, RegistryClient, Regi
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf.json_format import ParseError
 from livekit import api as livekit_api
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +36,7 @@ from agentline_token_service.service import (
     issue_test_token,
 )
 from agentline_token_service.settings import TokenServiceSettings
-from agentline_token_service.stores import RedisRateLimiter, RedisSessionRooms
+from agentline_token_service.stores import RedisTestCalls
 
 log = structlog.get_logger()
 
@@ -55,8 +54,7 @@ class Runtime:
     http: httpx.AsyncClient
     registry: RegistryClient
     verifier: JwksVerifier
-    limiter: RedisRateLimiter
-    rooms: RedisSessionRooms
+    calls: RedisTestCalls
     webhook_receiver: livekit_api.WebhookReceiver | None
     metrics: Metrics
 
@@ -77,30 +75,49 @@ class ErrorRead(BaseModel):
     detail: str
 
 
-async def get_runtime(request: Request) -> Runtime:
-    """Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, and that hand-off
-    (twice per token request) cost more CPU than the rest of the request's checks together."""
+def runtime_of(request: Request) -> Runtime:
+    """The runtime of the app serving `request`.
+
+    The token route calls this and `current_user` itself instead of declaring them as FastAPI
+    dependencies, as the telephony webhooks do: resolving them cost more CPU per token than the
+    user's (cached) token check.
+    """
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
+async def get_runtime(request: Request) -> Runtime:
+    """Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a hop per request."""
+    return runtime_of(request)
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-_bearer = HTTPBearer(auto_error=False, description="The access token from /api/v1/auth/login.")
+
+BEARER_HEADER: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Authorization",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "`Bearer <access token>`, the token from /api/v1/auth/login.",
+        }
+    ]
+}
+"""What the OpenAPI document says the token route takes (read by `current_user`)."""
 
 
-async def current_user(
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> UserClaims:
+async def current_user(request: Request, verifier: JwksVerifier) -> UserClaims:
     """The signed-in user, from `Authorization: Bearer <token>` checked against the registry's JWKS."""
-    if credentials is None:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
         raise HTTPException(
             401,
             "missing credentials: send 'Authorization: Bearer <access token>' from /api/v1/auth/login",
             headers=_BEARER,
         )
     try:
-        return await runtime.verifier.verify(credentials.credentials)
+        return await verifier.verify(credentials)
     except InvalidToken as error:
         raise HTTPException(
             401, f"access token not accepted ({error}); log in again", headers=_BEARER
@@ -111,8 +128,6 @@ async def current_user(
             "the registry's signing keys cannot be fetched, so no token can be checked; try again shortly",
         ) from error
 
-
-CurrentUser = Annotated[UserClaims, Depends(current_user)]
 
 router = APIRouter()
 api = APIRouter(prefix="/api/v1")
@@ -136,19 +151,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=TestTokenRead,
     responses=_ERRORS,
     summary="Get a token to talk to an agent in the browser",
+    openapi_extra=BEARER_HEADER,
 )
-async def create_test_token(agent_id: UUID, user: CurrentUser, runtime: RuntimeDep) -> TestTokenRead:
+async def create_test_token(agent_id: UUID, request: Request) -> TestTokenRead:
     """A LiveKit token for a fresh test room of the agent, with the agent dispatched into it.
 
     The session is announced on the bus (`session.requested`) before the token is returned.
     """
+    runtime = runtime_of(request)
     token = await issue_test_token(
         runtime.settings,
-        user=user,
+        user=await current_user(request, runtime.verifier),
         agent_id=agent_id,
         agents=runtime.registry,
-        limiter=runtime.limiter,
-        rooms=runtime.rooms,
+        admission=runtime.calls,
         publisher=runtime.bus,
     )
     runtime.metrics.tokens_issued.inc()
@@ -200,7 +216,7 @@ async def livekit_webhook(
     runtime.metrics.webhooks.labels(event=webhook.event or "unknown").inc()
     ended = await handle_livekit_event(
         webhook,
-        rooms=runtime.rooms,
+        rooms=runtime.calls,
         publisher=runtime.bus,
         timeout=runtime.settings.dependency_timeout_seconds,
     )

@@ -25,7 +25,7 @@ from agentline_token_service.api import (
 from agentline_token_service.consumers import start_consumers
 from agentline_token_service.metrics import Metrics
 from agentline_token_service.settings import TokenServiceSettings
-from agentline_token_service.stores import RedisRateLimiter, RedisSessionRooms
+from agentline_token_service.stores import RedisTestCalls
 
 
 def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
@@ -90,13 +90,13 @@ async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: Asyn
             audience=settings.jwt_audience,
             http=http,
         ),
-        limiter=RedisRateLimiter(
+        calls=RedisTestCalls(
             redis,
             limit=settings.rate_limit_requests,
             window_seconds=settings.rate_limit_window_seconds,
+            mapping_ttl_seconds=settings.session_mapping_ttl_seconds,
             timeout=bound,
         ),
-        rooms=RedisSessionRooms(redis, ttl_seconds=settings.session_mapping_ttl_seconds, timeout=bound),
         webhook_receiver=receiver,
         metrics=metrics,
     )

@@ -112,13 +112,14 @@ class EventPublisher(Protocol):
     async def publish(self, event: Event, *, timeout: float = ...) -> None: ...
 
 
-class RateLimiter(Protocol):
-    async def hit(self, subject: str) -> RateDecision: ...
+class CallAdmission(Protocol):
+    """Counts a test call against `subject`'s limit and, only if it is admitted, records which session
+    `room_name` belongs to, in the same step: a refused call leaves no mapping behind."""
+
+    async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision: ...
 
 
 class SessionRooms(Protocol):
-    async def save(self, room_name: str, ref: SessionRef) -> None: ...
-
     async def load(self, room_name: str) -> SessionRef | None: ...
 
 
@@ -267,19 +268,16 @@ async def issue_test_token(
     user: UserClaims,
     agent_id: UUID,
     agents: AgentDirectory,
-    limiter: RateLimiter,
-    rooms: SessionRooms,
+    admission: CallAdmission,
     publisher: EventPublisher,
 ) -> TestToken:
-    """Check, mint, record and announce a test call; the token leaves only after the broker's confirm."""
+    """Check, mint, record and announce a test call; the token leaves only after the broker's confirm.
+
+    The call is counted against the user's limit once it is known to be allowed (the agent exists, is
+    active and the user is a member), in the same Redis step that records its room, so a token costs
+    one Redis round trip (docs/decisions.md).
+    """
     require_livekit(settings)
-    decision = await limiter.hit(f"user:{user.user_id}")
-    if not decision.allowed:
-        raise RateLimited(
-            f"too many test calls: at most {settings.rate_limit_requests} every "
-            f"{settings.rate_limit_window_seconds} s; try again in {decision.retry_after_seconds} s",
-            retry_after_seconds=decision.retry_after_seconds,
-        )
     agent = await _look_up(agents, agent_id, bound=settings.dependency_timeout_seconds)
     authorize_test_call(user, agent)
     session_id = uuid.uuid4()
@@ -292,18 +290,15 @@ async def issue_test_token(
         correlation_id=current_correlation_id(),
     )
     ref = SessionRef(session_id=session_id, agent_id=agent.id, org_id=agent.org_id)
+    decision = await admission.admit(f"user:{user.user_id}", room_name=token.room_name, ref=ref)
+    if not decision.allowed:
+        raise RateLimited(
+            f"too many test calls: at most {settings.rate_limit_requests} every "
+            f"{settings.rate_limit_window_seconds} s; try again in {decision.retry_after_seconds} s",
+            retry_after_seconds=decision.retry_after_seconds,
+        )
     event = session_requested_event(token, agent=agent, user_id=user.user_id, session_id=session_id)
-    # The room mapping is saved while the broker confirms the event, not before it: both must succeed
-    # for the token to leave, and a session announced without its token is closed by the registry's
-    # expiry sweep (docs/decisions.md).
-    outcomes = await asyncio.gather(
-        rooms.save(token.room_name, ref),
-        _announce(publisher, event, timeout=settings.dependency_timeout_seconds),
-        return_exceptions=True,
-    )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    await _announce(publisher, event, timeout=settings.dependency_timeout_seconds)
     log.info(
         "token.issued",
         agent_id=str(agent.id),

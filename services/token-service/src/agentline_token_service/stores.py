@@ -1,7 +1,9 @@
 """What the token-service keeps in Redis: per-user rate-limit windows and room -> session mappings.
 
 Both are shared by every instance of the service, so a user cannot beat the limit by landing on another
-replica, and any replica can answer LiveKit's webhook for a room another one issued.
+replica, and any replica can answer LiveKit's webhook for a room another one issued. Admitting a test
+call and recording its room are one script, one round trip: a refused call leaves no mapping, and an
+admitted one is recorded before its token can leave.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ RATE_KEY_PREFIX = "agentline:token-service:rate:"
 ROOM_KEY_PREFIX = "agentline:token-service:room:"
 
 # A sliding-window log: one sorted-set member per request, scored by Redis's own clock (so replicas
-# with skewed clocks agree). Returns 0 when the request is admitted, else the milliseconds until the
-# oldest request in the window leaves it.
-_SLIDING_WINDOW = """
+# with skewed clocks agree). An admitted request also stores its room's session mapping and returns 0;
+# a refused one stores nothing and returns the milliseconds until the oldest request in the window
+# leaves it.
+_ADMIT_AND_RECORD = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local window = tonumber(ARGV[1])
@@ -30,6 +33,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -39,46 +43,47 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 _UNAVAILABLE = "Redis could not be reached in time; try again in a few seconds"
 
 
-class RedisRateLimiter:
-    """At most `limit` hits per subject in any `window_seconds`-long stretch of time."""
+class RedisTestCalls:
+    """At most `limit` test calls per subject in any `window_seconds`-long stretch of time, and
+    room name -> SessionRef of each admitted call, kept for `mapping_ttl_seconds` (longer than any
+    test call lasts)."""
 
-    def __init__(self, redis: Redis, *, limit: int, window_seconds: int, timeout: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        limit: int,
+        window_seconds: int,
+        mapping_ttl_seconds: int,
+        timeout: float,
+    ) -> None:
         self._redis = redis
         self._limit = limit
         self._window_ms = window_seconds * 1000
+        self._mapping_ttl = mapping_ttl_seconds
         self._timeout = timeout
-        self._script = redis.register_script(_SLIDING_WINDOW)
+        self._script = redis.register_script(_ADMIT_AND_RECORD)
 
-    async def hit(self, subject: str) -> RateDecision:
+    async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision:
         try:
             async with asyncio.timeout(self._timeout):
                 wait_ms = int(
                     await self._script(
-                        keys=[RATE_KEY_PREFIX + subject],
-                        args=[self._window_ms, self._limit, uuid.uuid4().hex],
+                        keys=[RATE_KEY_PREFIX + subject, ROOM_KEY_PREFIX + room_name],
+                        args=[
+                            self._window_ms,
+                            self._limit,
+                            uuid.uuid4().hex,
+                            ref.model_dump_json(),
+                            self._mapping_ttl,
+                        ],
                     )
                 )
         except (RedisError, TimeoutError, OSError) as error:
-            raise DependencyUnavailable(f"the rate limiter's store is unavailable: {_UNAVAILABLE}") from error
+            raise DependencyUnavailable(f"the test-call store is unavailable: {_UNAVAILABLE}") from error
         if wait_ms == 0:
             return RateDecision(allowed=True)
         return RateDecision(allowed=False, retry_after_seconds=max(1, -(-wait_ms // 1000)))
-
-
-class RedisSessionRooms:
-    """room name -> SessionRef, kept for `ttl_seconds` (longer than any test call lasts)."""
-
-    def __init__(self, redis: Redis, *, ttl_seconds: int, timeout: float) -> None:
-        self._redis = redis
-        self._ttl = ttl_seconds
-        self._timeout = timeout
-
-    async def save(self, room_name: str, ref: SessionRef) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._redis.set(ROOM_KEY_PREFIX + room_name, ref.model_dump_json(), ex=self._ttl)
-        except (RedisError, TimeoutError, OSError) as error:
-            raise DependencyUnavailable(f"the session store is unavailable: {_UNAVAILABLE}") from error
 
     async def load(self, room_name: str) -> SessionRef | None:
         try:
