@@ -485,14 +485,16 @@ class _EventDelivery:
         for message, _ in done:
             await message.ack()
         if fresh:
-            await self._run(fresh)
+            # Nothing else of this batch is unsettled unless some of it is busy, so the fresh events
+            # may then be acked together.
+            await self._run(fresh, ack_together=not busy)
         if busy:
             # Another delivery of these events is being handled right now; look again shortly.
             await asyncio.sleep(0.2)
             for message, _ in busy:
                 await message.nack(requeue=True)
 
-    async def _run(self, fresh: list[_Delivery]) -> None:
+    async def _run(self, fresh: list[_Delivery], *, ack_together: bool = False) -> None:
         first_message = fresh[0][0]
         bind_correlation_id(
             _header_text((first_message.headers or {}).get(CORRELATION_HEADER)) if len(fresh) == 1 else None
@@ -517,8 +519,7 @@ class _EventDelivery:
             # The work is committed; only the duplicate guard is late. The claims still block copies
             # until they lapse, which is the best we can do without the store.
             log.warning("bus.completion_not_recorded", queue=self._queue, size=len(fresh), error=repr(error))
-        for message, _ in fresh:
-            await message.ack()
+        await _ack(fresh, together=ack_together)
 
     async def _forget_claims(self, event_ids: list[uuid.UUID]) -> None:
         try:
@@ -539,6 +540,20 @@ class _EventDelivery:
         await asyncio.sleep(0.05)
         for message, _ in deliveries:
             await message.nack(requeue=True)
+
+
+async def _ack(deliveries: list[_Delivery], *, together: bool) -> None:
+    """Ack `deliveries`. `together` says no other delivery of their channel up to the last of them is
+    unsettled, so one `multiple` ack covers them all instead of one frame, and one piece of broker
+    work, per event."""
+    messages = [message for message, _ in deliveries]
+    channels = {id(message.channel) for message in messages}
+    if together and len(channels) == 1 and len(messages) > 1:
+        last = max(messages, key=lambda message: message.delivery_tag or 0)
+        await last.ack(multiple=True)
+        return
+    for message in messages:
+        await message.ack()
 
 
 class _Subscription:
