@@ -178,11 +178,9 @@ async def test_a_burst_of_events_lands_in_batches_each_applied_once(registry: Ru
     deadline = time.monotonic() + 10
     while True:
         async with registry.runtime.sessions() as db:
-            rows = await repository.sessions_by_id(db, set(session_ids))
-        seen = {
-            session_id: (row.status, row.kind, row.requested_at, row.started_at, row.end_reason)
-            for session_id, row in rows.items()
-        }
+            rows = await repository.session_records(db, set(session_ids))
+        fields = ("status", "kind", "requested_at", "started_at", "end_reason")
+        seen = {session_id: tuple(row[field] for field in fields) for session_id, row in rows.items()}
         if seen == dict.fromkeys(session_ids, expected) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)

@@ -294,7 +294,8 @@ async def test_one_batch_folds_events_of_new_and_known_sessions_in_any_order(dat
         await service.record_session_events(session, [ended, started(known), started(new), requested(new)])
         await session.commit()
     async with database.sessions() as session:
-        rows = await repository.sessions_by_id(session, {known, new})
-    assert (rows[known].status, rows[known].requested_at, rows[known].org_id) == ("active", now, org_id)
-    assert (rows[new].status, rows[new].requested_at, rows[new].org_id) == ("ended", now, org_id)
-    assert rows[new].started_at is not None and rows[new].end_reason == "completed"
+        rows = await repository.session_records(session, {known, new})
+    fields = ("status", "requested_at", "org_id")
+    assert tuple(rows[known][field] for field in fields) == ("active", now, org_id)
+    assert tuple(rows[new][field] for field in fields) == ("ended", now, org_id)
+    assert rows[new]["started_at"] is not None and rows[new]["end_reason"] == "completed"

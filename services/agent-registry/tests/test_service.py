@@ -21,8 +21,14 @@ from agentline_common.events import (
 )
 from agentline_common.rooms import new_test_room
 from agentline_registry.schemas import AgentCreate, AgentUpdate
-from agentline_registry.service import agent_config, apply_update, merge_session_event
-from agentline_registry.tables import Agent, CallSession
+from agentline_registry.service import (
+    SessionRecord,
+    agent_config,
+    apply_update,
+    merge_session_event,
+    new_session_record,
+)
+from agentline_registry.tables import Agent
 from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
@@ -58,9 +64,9 @@ def _events(session_id: uuid.UUID, agent_id: uuid.UUID, org_id: uuid.UUID) -> li
     ]
 
 
-def _fold(events: list[Event]) -> CallSession:
+def _fold(events: list[Event]) -> SessionRecord:
     assert events[0].session_id is not None
-    row = CallSession(id=events[0].session_id, status="")
+    row = new_session_record(events[0].session_id)
     for event in events:
         merge_session_event(row, event)
     return row
@@ -70,16 +76,16 @@ def _fold(events: list[Event]) -> CallSession:
 def test_any_order_of_events_gives_the_same_log_row(order: tuple[int, int, int]) -> None:
     events = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
     row = _fold([events[i] for i in order])
-    assert row.status == "ended"
-    assert row.kind == "test"
-    assert row.requested_at == T0
-    assert row.started_at == T0 + timedelta(seconds=2)
-    assert row.ended_at == T0 + timedelta(seconds=60)
-    assert row.end_reason == "user_hangup"
-    assert row.duration_seconds == 58.0
-    assert row.transcript[0]["text"] == "Hello"
-    assert row.turns == [{"latency_ms": 420.0, "stt_ms": None, "llm_ttft_ms": None, "tts_ttfb_ms": None}]
-    assert row.worker == "worker-1"
+    assert row["status"] == "ended"
+    assert row["kind"] == "test"
+    assert row["requested_at"] == T0
+    assert row["started_at"] == T0 + timedelta(seconds=2)
+    assert row["ended_at"] == T0 + timedelta(seconds=60)
+    assert row["end_reason"] == "user_hangup"
+    assert row["duration_seconds"] == 58.0
+    assert row["transcript"][0]["text"] == "Hello"
+    assert row["turns"] == [{"latency_ms": 420.0, "stt_ms": None, "llm_ttft_ms": None, "tts_ttfb_ms": None}]
+    assert row["worker"] == "worker-1"
 
 
 def test_a_duplicate_event_changes_nothing() -> None:
@@ -87,22 +93,22 @@ def test_a_duplicate_event_changes_nothing() -> None:
     once = _fold(events)
     twice = _fold([*events, *events])
     fields = ("status", "requested_at", "started_at", "ended_at", "end_reason", "transcript", "turns")
-    assert {f: getattr(once, f) for f in fields} == {f: getattr(twice, f) for f in fields}
+    assert {f: once[f] for f in fields} == {f: twice[f] for f in fields}
 
 
 def test_requested_after_started_keeps_active() -> None:
     requested, started, _ = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
     row = _fold([started, requested])
-    assert row.status == "active"
-    assert row.expires_at == T0 + timedelta(minutes=10)
+    assert row["status"] == "active"
+    assert row["expires_at"] == T0 + timedelta(minutes=10)
 
 
 def test_started_after_an_expiry_guess_revives_the_session() -> None:
     requested, started, _ = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
     row = _fold([requested])
-    row.status = "expired"
+    row["status"] = "expired"
     merge_session_event(row, started)
-    assert row.status == "active"
+    assert row["status"] == "active"
 
 
 @pytest.mark.parametrize("reason", ["error", "agent_unavailable", "call_failed"])
@@ -110,8 +116,8 @@ def test_failure_reasons_mark_the_session_failed(reason: str) -> None:
     session_id = uuid.uuid4()
     ended = SessionEnded(session_id=session_id, data=SessionEndedData.model_validate({"reason": reason}))
     row = _fold([ended])
-    assert row.status == "failed"
-    assert row.end_reason == reason
+    assert row["status"] == "failed"
+    assert row["end_reason"] == reason
 
 
 def test_phone_session_takes_numbers_and_kind_from_the_call() -> None:
@@ -126,7 +132,7 @@ def test_phone_session_takes_numbers_and_kind_from_the_call() -> None:
         ),
     )
     row = _fold([requested])
-    assert (row.kind, row.call_sid, row.from_number, row.to_number) == (
+    assert (row["kind"], row["call_sid"], row["from_number"], row["to_number"]) == (
         "phone",
         "CA123",
         "+14155550199",
@@ -140,7 +146,7 @@ def test_kind_is_inferred_from_the_room_when_requested_is_missing() -> None:
         session_id=session_id,
         data=SessionStartedData(room_name="call_+14155550100_abcdefghijkm", worker="w", job="j"),
     )
-    assert _fold([started]).kind == "phone"
+    assert _fold([started])["kind"] == "phone"
 
 
 def _agent() -> Agent:

@@ -9,9 +9,9 @@ from typing import Any, cast
 
 from agentline_common.events import Event
 from agentline_common.outbox import add_to_outbox
-from sqlalchemy import CursorResult, delete, func, select, text, update
+from sqlalchemy import CursorResult, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
+from sqlmodel import SQLModel, col
 
 from agentline_registry.tables import (
     OUTBOX,
@@ -33,9 +33,32 @@ async def add(db: AsyncSession, row: Org | User | Membership | Agent | PhoneNumb
     await db.flush()
 
 
-async def add_all(db: AsyncSession, rows: Sequence[CallSession]) -> None:
-    db.add_all(rows)
-    await db.flush()
+SESSIONS = SQLModel.metadata.tables["sessions"]
+SESSION_COLUMNS = tuple(column.key for column in SESSIONS.columns)
+
+
+async def session_records(
+    db: AsyncSession, session_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The call-log rows of `session_ids` as plain column -> value records.
+
+    The session log reads and writes its batches as records with Core statements, not as ORM objects:
+    building a row object and flushing it through the unit of work cost about 0.3 ms per event more.
+    """
+    if not session_ids:
+        return {}
+    rows = await db.execute(select(SESSIONS).where(SESSIONS.c.id.in_(session_ids)))
+    return {row.id: dict(row._mapping) for row in rows}
+
+
+async def save_session_records(
+    db: AsyncSession, *, new: Sequence[dict[str, Any]], changed: Sequence[dict[str, Any]]
+) -> None:
+    """Insert the `new` records and update the `changed` ones by id, one statement for each kind."""
+    if new:
+        await db.execute(insert(CallSession), list(new))
+    if changed:
+        await db.execute(update(CallSession), list(changed))
 
 
 async def enqueue_event(db: AsyncSession, event: Event) -> None:
@@ -177,15 +200,6 @@ async def delete_number(db: AsyncSession, number: str) -> None:
 
 async def get_session(db: AsyncSession, session_id: uuid.UUID) -> CallSession | None:
     return await db.get(CallSession, session_id)
-
-
-async def sessions_by_id(
-    db: AsyncSession, session_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, CallSession]:
-    if not session_ids:
-        return {}
-    rows = await db.scalars(select(CallSession).where(col(CallSession.id).in_(session_ids)))
-    return {row.id: row for row in rows}
 
 
 async def sessions_of_agent(
