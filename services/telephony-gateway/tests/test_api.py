@@ -226,6 +226,20 @@ async def test_health_readiness_and_metrics(start_gateway: GatewayFactory, uniqu
     assert 'agentline_bus_publishes_total{result="confirmed"}' in text
 
 
+async def test_the_openapi_document_lists_both_webhooks_with_their_signed_form(
+    start_gateway: GatewayFactory,
+) -> None:
+    gateway = await start_gateway()
+
+    paths = (await gateway.client.get(f"{gateway.base_url}/openapi.json")).json()["paths"]
+
+    for path in (INCOMING_PATH, STATUS_PATH):
+        operation = paths[path]["post"]
+        assert operation["tags"] == ["twilio"]
+        assert "application/x-www-form-urlencoded" in operation["requestBody"]["content"]
+        assert [parameter["name"] for parameter in operation["parameters"]] == ["X-Twilio-Signature"]
+
+
 async def test_readiness_fails_fast_without_redis(start_gateway: GatewayFactory) -> None:
     gateway = await start_gateway(redis_url=SecretStr(f"redis://127.0.0.1:{free_port()}/0"))
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
-from agentline_telephony.api import STATUS_PATH, BrokerGrace, Gateway, router
+from agentline_telephony.api import STATUS_PATH, BrokerGrace, Gateway, router, webhooks
 from agentline_telephony.metrics import GatewayMetrics
 from agentline_telephony.repository import CallStore, OutboxWriter, create_engine, create_schema, outbox
 from agentline_telephony.settings import TelephonySettings
@@ -123,9 +123,13 @@ def create_app(settings: TelephonySettings | None = None) -> FastAPI:
         description="Twilio voice webhooks answered with TwiML that bridges calls to LiveKit SIP.",
         version="0.1.0",
         lifespan=lifespan,
+        # /metrics exports our own Prometheus figures; FastAPI's OpenTelemetry hooks, unused, still
+        # looked up the tracer provider (and the environment) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics = GatewayMetrics()
     app.add_middleware(ObservedRequests, latency=metrics.request_latency)
+    app.include_router(webhooks)
     app.include_router(router)
     return app
