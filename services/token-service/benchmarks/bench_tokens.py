@@ -2,11 +2,11 @@
 
 Everything is real and on loopback: RabbitMQ, Redis, the registry (which also consumes every
 `session.requested` into its SQLite call log during the run) and the token-service console script
-under uvicorn. Each token costs a JWT check, a Redis rate-limit script, a cached agent look-up, a Redis
-write and a publisher-confirmed event; /healthz costs only the HTTP stack, so the ratio shows what the
-work adds. A confirmed publish alone, on the same broker and queue, is measured last: it is the floor
-under every token, since no token leaves before its confirm. The load generator shares the machine's
-two cores with all of it.
+under uvicorn. Each token costs a JWT check, a cached agent look-up, one Redis script (the rate limit
+and the room mapping) and a publisher-confirmed event; /healthz costs only the HTTP stack, so the ratio
+shows what the work adds. A confirmed publish alone, on the same broker and queue, is measured last:
+it is the floor under every token, since no token leaves before its confirm. The load generator
+shares the machine's two cores with all of it.
 
 On two cores both goals come down to CPU per token across every process, so each phase also reports
 the CPU milliseconds per request of the token-service, the registry (its session-log consumer, during
