@@ -18,6 +18,7 @@ from agentline_common.registry_client import (
     agent_key,
     number_key,
 )
+from agentline_common.rooms import InvalidPhoneNumber
 from agentline_common.testing.services import RegistryService, random_e164
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
@@ -79,6 +80,24 @@ async def test_process_cache_answers_without_redis_and_expires(
     await asyncio.sleep(0.4)
     await client.get_agent(tenant.agent_id)
     assert (client.misses, client.hits) == (2, 1)
+
+
+async def test_cached_lookups_need_no_broker(
+    running_registry: RegistryService, client: RegistryClient, redis: Redis
+) -> None:
+    number = random_e164()
+    tenant = running_registry.new_tenant(number=number)
+    warmed = await client.get_agent(tenant.agent_id)
+    unconnected = Bus("amqp://guest:guest@127.0.0.1:1/", exchange="nowhere")
+    reader = RegistryClient(bus=unconnected, redis=redis)
+
+    assert await reader.cached_agent(tenant.agent_id) == warmed
+    assert await reader.cached_agent_by_number(number) == warmed
+    assert await reader.cached_agent(uuid.uuid4()) is None
+    assert await reader.cached_agent_by_number(random_e164()) is None
+    assert (reader.misses, reader.hits) == (0, 2)
+    with pytest.raises(InvalidPhoneNumber, match=r"E\.164"):
+        await reader.cached_agent_by_number("0800 not a number")
 
 
 async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:

@@ -85,6 +85,16 @@ class RegistryClient:
         require_e164(number)
         return await self._cached(number_key(number), "agent.by_number", {"number": number})
 
+    async def cached_agent(self, agent_id: UUID) -> AgentConfig | None:
+        """The agent with `agent_id` if a cache holds it, else None; never asks the registry, so it
+        needs no broker (the worker looks up while its bus is still connecting)."""
+        return await self._peek(agent_key(agent_id))
+
+    async def cached_agent_by_number(self, number: str) -> AgentConfig | None:
+        """The agent bound to `number` if a cache holds it, else None; never asks the registry."""
+        require_e164(number)
+        return await self._peek(number_key(number))
+
     async def on_agent_changed(self, event: Event) -> None:
         if not isinstance(event, AgentChanged) or event.agent_id is None:
             return
@@ -104,6 +114,16 @@ class RegistryClient:
         self._local.clear()
 
     async def _cached(self, key: str, method: str, params: dict[str, str]) -> AgentConfig:
+        cached = await self._peek(key)
+        if cached is not None:
+            return cached
+        self.misses += 1
+        agent = await self._ask_registry(method, params)
+        await self._write_cache(agent)
+        self._write_local(key, agent)
+        return agent
+
+    async def _peek(self, key: str) -> AgentConfig | None:
         cached = self._read_local(key)
         if cached is None:
             cached = await self._read_cache(key)
@@ -111,12 +131,7 @@ class RegistryClient:
                 self._write_local(key, cached)
         if cached is not None:
             self.hits += 1
-            return cached
-        self.misses += 1
-        agent = await self._ask_registry(method, params)
-        await self._write_cache(agent)
-        self._write_local(key, agent)
-        return agent
+        return cached
 
     def _read_local(self, key: str) -> AgentConfig | None:
         entry = self._local.get(key)

@@ -124,9 +124,10 @@ class Clients:
     models: AsyncClient
 
     @classmethod
-    async def open(cls, settings: WorkerSettings) -> Clients:
+    def create(cls, settings: WorkerSettings) -> Clients:
+        """The call's clients, not connected yet: Redis connects on its first command, the bus when
+        `bus.connect()` is awaited."""
         bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
-        await bus.connect()
         redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2)
         registry = RegistryClient(bus=bus, redis=redis, timeout=settings.registry_timeout_seconds)
         return cls(
@@ -166,10 +167,11 @@ class Call:
         )
         self._ctx.room.on("disconnected", self._on_room_disconnected)
         connected = asyncio.create_task(self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY))
-        clients = asyncio.create_task(Clients.open(self._settings))
-        found = asyncio.create_task(self._look_up(clients))
+        self._clients = Clients.create(self._settings)
+        bus_connected = asyncio.create_task(self._clients.bus.connect())
+        found = asyncio.create_task(self._look_up(self._clients.registry, bus_connected))
         try:
-            self._clients = await clients
+            await bus_connected
         except Exception:
             log.exception("call.clients_unavailable")
             await asyncio.gather(found, return_exceptions=True)
@@ -231,16 +233,26 @@ class Call:
         except TimeoutError:
             return None
 
-    async def _look_up(self, clients: asyncio.Task[Clients]) -> AgentConfig | str:
+    async def _look_up(
+        self, registry: RegistryClient, bus_connected: asyncio.Task[None]
+    ) -> AgentConfig | str:
         """The agent the room name points at, or why there is none.
 
         Runs while the agent joins the room: the name alone says which agent (its id, or the dialled
         number), so the look-up need not wait for the join or the caller. Whether the call may go
-        to that agent is decided afterwards, by `plan_session` and `refusal`.
+        to that agent is decided afterwards, by `plan_session` and `refusal`. The cache usually
+        holds the agent (the token-service or the gateway just looked it up), so only a miss waits
+        for the broker's handshake.
         """
-        registry = (await clients).registry
         try:
             room = parse_room_name(self._room_name)
+            if isinstance(room, PhoneRoom):
+                cached = await registry.cached_agent_by_number(room.number)
+            else:
+                cached = await registry.cached_agent(room.agent_id)
+            if cached is not None:
+                return cached
+            await asyncio.shield(bus_connected)
             if isinstance(room, PhoneRoom):
                 return await registry.agent_by_number(room.number)
             return await registry.get_agent(room.agent_id)
