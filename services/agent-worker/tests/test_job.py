@@ -322,3 +322,49 @@ async def test_a_call_that_ends_while_the_broker_is_down_is_logged_once_it_is_ba
         if "bus.publish_retrying" in line and "session.ended" in line
     ]
     assert retried, "session.ended was never retried: the broker outage was not exercised"
+
+
+async def test_a_call_that_starts_while_the_broker_is_down_is_answered_and_logged_once_it_is_back(
+    worker_service: WorkerService,
+    running_registry: RegistryService,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    session_events: SessionEvents,
+    rabbitmq: Any,
+) -> None:
+    # A first call leaves the agent in the look-up cache, as the gateway's look-up does for a real call.
+    tenant, first_room, first_caller, first_session = await start_phone_call(
+        running_registry, worker_service, livekit_server, livekit_api
+    )
+    await session_events.wait_for(SessionStarted, first_session)
+    await first_caller.disconnect()
+    await wait_for_agent_to_leave(livekit_api, first_room)
+    assert tenant.number is not None
+    room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
+
+    await asyncio.to_thread(rabbitmq.stop)
+    try:
+        caller = await join_as_caller(
+            livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+        )
+        agent_speaks = asyncio.Event()
+        caller.on("track_subscribed", lambda track, *_: agent_speaks.set())
+        await dispatch(livekit_api, worker_service, room_name)
+        async with asyncio.timeout(EVENT_WAIT):
+            await agent_speaks.wait()
+    finally:
+        await asyncio.to_thread(rabbitmq.start)
+    await caller.disconnect()
+
+    logged = await asyncio.to_thread(
+        running_registry.wait_for_session,
+        tenant.token,
+        phone_session_id(call_sid),
+        status="ended",
+        timeout=60.0,
+    )
+    assert logged["end_reason"] == "user_hangup"
+    assert logged["started_at"] is not None
+    assert [entry["role"] for entry in logged["transcript"]][:1] == ["agent"]
+    worker_log = worker_service.log_path.read_text()
+    assert "call.bus_retrying" in worker_log, "the broker outage was not exercised"

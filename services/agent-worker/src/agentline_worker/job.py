@@ -4,8 +4,10 @@ report `session.started` / `session.ended` on the bus however it ends.
 Runs in livekit-agents' job processes (one per call). Each job opens its own bus, Redis, HTTP and
 model clients: they are bound to the job's event loop, and a call's lifetime is what they need to
 live. While the agent joins the room, the clients open and the agent is looked up by the room's
-name, so the session can start as soon as the join is done. What is safe to share between calls
-(Silero's ONNX session, the TLS context) is loaded once per process.
+name, so the session can start as soon as the join is done. A broker that is down when the call
+starts does not stop it: the bus keeps trying to connect, and the call's events follow once it is
+back. What is safe to share between calls (Silero's ONNX session, the TLS context) is loaded once
+per process.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from agentline_common.agents import AgentConfig
-from agentline_common.bus import Bus, PublishError
+from agentline_common.bus import Bus, BusUnavailable, PublishError
 from agentline_common.events import EndReason, Event
 from agentline_common.logging import bind_correlation_id, configure_logging
 from agentline_common.registry_client import AgentNotFound, RegistryClient, RegistryUnavailable
@@ -51,6 +53,8 @@ VAD_KEY = "vad"
 SETTINGS_KEY = "settings"
 FINISH_MARGIN_SECONDS = 10.0
 """How much longer than the publish's own bound a job's end waits for `session.ended`."""
+BUS_RETRY_SECONDS = 1.0
+"""Between attempts to connect a call's bus while the broker is down."""
 CALLER_KINDS = [
     rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
     rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
@@ -157,6 +161,7 @@ class Call:
         self._record = CallRecord()
         self._agent: AgentConfig | None = None
         self._ended: asyncio.Task[None] | None = None
+        self._bus_connected: asyncio.Task[None] | None = None
         self._entered_at = self._joined_at = self._looked_up_at = 0.0
 
     async def start(self) -> None:
@@ -168,16 +173,8 @@ class Call:
         self._ctx.room.on("disconnected", self._on_room_disconnected)
         connected = asyncio.create_task(self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY))
         self._clients = Clients.create(self._settings)
-        bus_connected = asyncio.create_task(self._clients.bus.connect())
-        found = asyncio.create_task(self._look_up(self._clients.registry, bus_connected))
-        try:
-            await bus_connected
-        except Exception:
-            log.exception("call.clients_unavailable")
-            await asyncio.gather(found, return_exceptions=True)
-            await connected
-            self._ctx.shutdown("broker unavailable")
-            return
+        self._bus_connected = asyncio.create_task(self._connect_bus(self._clients.bus))
+        found = asyncio.create_task(self._look_up(self._clients.registry, self._bus_connected))
         await connected
         self._joined_at = time.time()
         info = self._ctx._info  # livekit-agents keeps the dispatch's timestamps there
@@ -252,7 +249,7 @@ class Call:
                 cached = await registry.cached_agent(room.agent_id)
             if cached is not None:
                 return cached
-            await asyncio.shield(bus_connected)
+            await asyncio.wait_for(asyncio.shield(bus_connected), self._settings.registry_timeout_seconds)
             if isinstance(room, PhoneRoom):
                 return await registry.agent_by_number(room.number)
             return await registry.get_agent(room.agent_id)
@@ -262,6 +259,8 @@ class Call:
             return "no such agent"
         except RegistryUnavailable as error:
             return f"the registry did not answer: {error}"
+        except (BusUnavailable, TimeoutError):
+            return "the registry did not answer: the message broker is unreachable"
         finally:
             self._looked_up_at = time.time()
 
@@ -339,15 +338,34 @@ class Call:
         await self._ended
         self._ctx.shutdown(reason)
 
+    async def _connect_bus(self, bus: Bus) -> None:
+        """Connect the call's bus, retrying through a broker outage for up to
+        `publish_give_up_seconds`, while the call goes on."""
+        deadline = time.monotonic() + self._settings.publish_give_up_seconds
+        while True:
+            try:
+                await bus.connect()
+                return
+            except BusUnavailable as error:
+                if time.monotonic() + BUS_RETRY_SECONDS > deadline:
+                    raise
+                log.info("call.bus_retrying", error=str(error))
+                await asyncio.sleep(BUS_RETRY_SECONDS)
+
     async def _publish(self, event: Event) -> None:
         """Publish, retrying through a broker outage for up to `publish_give_up_seconds`: a lost
-        `session.ended` leaves a call open in the log (and its transcript is lost)."""
-        assert self._clients is not None
+        `session.ended` leaves a call open in the log (and its transcript is lost). The bound covers
+        waiting for the bus to connect too."""
+        assert self._clients is not None and self._bus_connected is not None
+        give_up_at = time.monotonic() + self._settings.publish_give_up_seconds
         try:
-            await self._clients.bus.publish_reliably(
-                event, give_up_after=self._settings.publish_give_up_seconds
+            await asyncio.wait_for(
+                asyncio.shield(self._bus_connected), self._settings.publish_give_up_seconds
             )
-        except PublishError as error:
+            await self._clients.bus.publish_reliably(
+                event, give_up_after=max(give_up_at - time.monotonic(), 0.0)
+            )
+        except (BusUnavailable, PublishError, TimeoutError) as error:
             log.error("call.event_lost", event_type=event.type, event_id=str(event.id), error=str(error))
             return
         log.info("call.published", event_type=event.type, event_id=str(event.id))
@@ -362,5 +380,8 @@ class Call:
                 )
             except TimeoutError:
                 log.error("call.ended_not_confirmed", reason=reason)
+        if self._bus_connected is not None:
+            self._bus_connected.cancel()
+            await asyncio.gather(self._bus_connected, return_exceptions=True)
         if self._clients is not None:
             await self._clients.close()
