@@ -54,7 +54,8 @@ class WorkerSettings(CommonSettings):
 
     registry_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
     publish_give_up_seconds: float = Field(default=60.0, gt=0, le=600)
-    """How long a session event is retried through a broker outage before it is logged as lost."""
+    """How long a call's bus keeps connecting, and a session event is retried, through a broker outage
+    before the event is logged as lost."""
 
     @property
     def end_of_speech_seconds(self) -> float:
