@@ -6,6 +6,7 @@ A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which costs 
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -82,6 +83,9 @@ def serve(app: ASGIApp, *, host: str, port: int) -> None:
 
     uvloop and httptools are the cheapest event loop and HTTP parser per request. There is no access
     log, since ObservedRequests times every request by route. uvicorn's own loggers are left to
-    `configure_logging`.
+    `configure_logging`. What import and start-up built (some 150,000 objects) lives as long as the
+    process; frozen, the garbage collector stops walking it on each full collection. Under load those
+    walks took about 100 ms each, a pause every request in flight had to wait out.
     """
+    gc.freeze()
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop", http="httptools")
