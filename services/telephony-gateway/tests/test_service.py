@@ -188,35 +188,26 @@ async def test_unknown_number_and_inactive_agent_are_told_politely_without_a_ses
     assert calls.outbox == []
 
 
-async def test_registry_down_is_told_politely_and_not_remembered_so_a_retry_can_connect() -> None:
+@pytest.mark.parametrize(
+    ("broken", "outcome"),
+    [("registry", Outcome.REGISTRY_UNAVAILABLE), ("store", Outcome.STORE_UNAVAILABLE)],
+)
+async def test_a_dependency_down_is_told_politely_and_not_remembered_so_a_retry_can_connect(
+    broken: str, outcome: Outcome
+) -> None:
+    """The registry or the call store down: no bridge (the session's event may be lost), still TwiML
+    (Twilio plays its own error on a 500), and nothing kept, so Twilio's retry gets another chance."""
     number = "+15551230004"
-    lookup = FakeLookup({number: make_agent(number)}, down=True)
-    calls = FakeCalls()
-    form = twilio_form(number)
-
-    down = await answer(form, lookup, calls)
-    lookup.down = False
-    retried = await answer(form, lookup, calls)
-
-    assert down.outcome is Outcome.REGISTRY_UNAVAILABLE
-    assert said(down.twiml) == twiml.UNAVAILABLE_MESSAGE
-    assert retried.outcome is Outcome.CONNECTED
-    assert len(calls.outbox) == 1
-
-
-async def test_store_down_is_told_politely_never_bridged_and_not_remembered() -> None:
-    """No bridge on an event that may be lost; still TwiML (Twilio plays its own error on a 500)."""
-    number = "+15551230008"
     lookup = FakeLookup({number: make_agent(number)})
     calls = FakeCalls()
-    calls.down = True
     form = twilio_form(number)
 
+    lookup.down, calls.down = broken == "registry", broken == "store"
     down = await answer(form, lookup, calls)
-    calls.down = False
+    lookup.down = calls.down = False
     retried = await answer(form, lookup, calls)
 
-    assert down.outcome is Outcome.STORE_UNAVAILABLE
+    assert down.outcome is outcome
     assert said(down.twiml) == twiml.UNAVAILABLE_MESSAGE
     assert retried.outcome is Outcome.CONNECTED
     assert len(calls.outbox) == 1
