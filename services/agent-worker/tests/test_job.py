@@ -224,11 +224,15 @@ def own_worker(
 
 
 async def start_phone_call(
-    registry: RegistryService, worker: WorkerService, livekit_server: Any, livekit_api: api.LiveKitAPI
+    registry: RegistryService,
+    worker: WorkerService,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    tenant: Tenant | None = None,
 ) -> tuple[Tenant, str, rtc.Room, uuid.UUID]:
-    """A phone caller in a fresh agent's number room, and the agent dispatched to it: (the tenant,
-    the room, the caller, the session id)."""
-    tenant = registry.new_tenant(number=random_e164())
+    """A phone caller in a number room of `tenant`'s agent (a fresh one by default), and the agent
+    dispatched to it: (the tenant, the room, the caller, the session id)."""
+    tenant = tenant or registry.new_tenant(number=random_e164())
     assert tenant.number is not None
     room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
     caller = await join_as_caller(
@@ -339,29 +343,25 @@ async def test_a_call_that_starts_while_the_broker_is_down_is_answered_and_logge
     await session_events.wait_for(SessionStarted, first_session)
     await first_caller.disconnect()
     await wait_for_agent_to_leave(livekit_api, first_room)
-    assert tenant.number is not None
-    room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
 
     await asyncio.to_thread(rabbitmq.stop)
     try:
-        caller = await join_as_caller(
-            livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+        _, _, caller, session_id = await start_phone_call(
+            running_registry, worker_service, livekit_server, livekit_api, tenant
         )
-        agent_speaks = asyncio.Event()
-        caller.on("track_subscribed", lambda track, *_: agent_speaks.set())
-        await dispatch(livekit_api, worker_service, room_name)
         async with asyncio.timeout(EVENT_WAIT):
-            await agent_speaks.wait()
+            while not any(
+                publication.subscribed
+                for participant in caller.remote_participants.values()
+                for publication in participant.track_publications.values()
+            ):
+                await asyncio.sleep(0.1)
     finally:
         await asyncio.to_thread(rabbitmq.start)
     await caller.disconnect()
 
     logged = await asyncio.to_thread(
-        running_registry.wait_for_session,
-        tenant.token,
-        phone_session_id(call_sid),
-        status="ended",
-        timeout=60.0,
+        running_registry.wait_for_session, tenant.token, session_id, status="ended", timeout=60.0
     )
     assert logged["end_reason"] == "user_hangup"
     assert logged["started_at"] is not None
