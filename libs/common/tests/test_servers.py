@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
+from pathlib import Path
 
 import aio_pika
 import pytest
 import redis.asyncio as aioredis
 from agentline_common.bus import Bus
-from agentline_common.testing.servers import RabbitMQServer
+from agentline_common.testing.servers import RabbitMQServer, free_port, free_udp_port_range
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def _first_ephemeral_port() -> int:
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
+def test_free_ports_lie_below_the_ephemeral_range_so_no_client_can_take_them_as_its_source() -> None:
+    ports = [free_port() for _ in range(50)]
+    assert max(ports) < _first_ephemeral_port()
+    assert len(set(ports)) == len(ports)
+    for port in ports:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
+
+
+def test_a_udp_port_run_is_below_the_ephemeral_range_and_never_overlaps_a_port_handed_out() -> None:
+    single = {free_port() for _ in range(20)}
+    first, last = free_udp_port_range(20)
+    assert last - first == 19
+    assert last < _first_ephemeral_port()
+    assert single.isdisjoint(range(first, last + 1))
 
 
 @pytest.mark.integration

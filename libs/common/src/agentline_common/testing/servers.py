@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -47,33 +48,63 @@ class TestServer(Protocol):
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port nobody listens on right now, outside the kernel's ephemeral range.
+
+    A port from the ephemeral range can be taken by the outgoing side of any connection. Worse, a
+    client that keeps reconnecting to a stopped server on such a port (aio-pika while a broker
+    restarts) can be given that very port as its source and connect to itself, so the server cannot
+    listen there again. Source ports never leave the ephemeral range, so ports below it are safe.
+    """
+    for port in _candidate_ports():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise ServerError("no free TCP port found below the ephemeral range")
 
 
 def free_udp_port_range(count: int, host: str = LOOPBACK) -> tuple[int, int]:
-    """A run of `count` consecutive UDP ports that are free now (for LiveKit's media ports)."""
-    for _ in range(200):
-        start = 20000 + secrets.randbelow(30000)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(start, start + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(sock)
-                sock.bind((host, port))
-                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(tcp)
-                tcp.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        return start, start + count - 1
+    """A run of `count` consecutive ports, free now for UDP and TCP (for LiveKit's media ports)."""
+    for start in _candidate_ports(run=count):
+        ports = range(start, start + count)
+        if all(_free_for_udp_and_tcp(host, port) for port in ports):
+            _HANDED_OUT.update(ports)
+            return start, start + count - 1
     raise ServerError(f"no run of {count} free UDP ports found")
+
+
+_HANDED_OUT: set[int] = set()
+_FIRST_LISTENING_PORT = 10000
+_CANDIDATES_TRIED = 200
+
+
+def _candidate_ports(run: int = 1) -> Iterator[int]:
+    """Random starts of `run` ports below the ephemeral range that this process has not handed out.
+
+    Handing a port out once per process keeps two servers of one test run (a broker's AMQP, dist
+    and epmd ports) from being given the same port before either of them binds it.
+    """
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    span = first_ephemeral - run - _FIRST_LISTENING_PORT
+    if span <= 0:
+        raise ServerError(f"the ephemeral port range starts at {first_ephemeral}: too low for test servers")
+    for _ in range(_CANDIDATES_TRIED):
+        start = _FIRST_LISTENING_PORT + secrets.randbelow(span)
+        if _HANDED_OUT.isdisjoint(range(start, start + run)):
+            yield start
+
+
+def _free_for_udp_and_tcp(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+        try:
+            udp.bind((host, port))
+            tcp.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
