@@ -1,6 +1,7 @@
 """The bus against a real RabbitMQ: confirms, dead-lettering, idempotency, look-ups, broker restarts."""
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ import aio_pika
 import pytest
 from agentline_common.bus import (
     Bus,
+    BusUnavailable,
     PublishError,
     RpcFailure,
     RpcTimeout,
@@ -24,6 +26,7 @@ from agentline_common.events import (
     SessionRequestedData,
 )
 from agentline_common.processed_events import InMemoryProcessedEvents, RedisProcessedEvents
+from agentline_common.testing.servers import free_port
 from prometheus_client import CollectorRegistry, generate_latest
 
 pytestmark = pytest.mark.integration
@@ -355,3 +358,19 @@ async def test_a_batch_waits_briefly_for_more_events_and_is_acked_whole(make_bus
     async with connection:
         declared = await (await connection.channel()).declare_queue(queue, passive=True)
         assert declared.declaration_result.message_count == 0
+
+
+async def test_a_broker_that_is_not_there_is_reported_and_no_connection_is_left_open() -> None:
+    port = free_port()
+    bus = Bus(f"amqp://guest:guest@127.0.0.1:{port}/", connect_timeout=2.0)
+
+    with pytest.raises(BusUnavailable, match="cannot reach the message broker"):
+        await bus.connect()
+
+    gc.collect()
+    left_open = [
+        item
+        for item in gc.get_objects()
+        if isinstance(item, aio_pika.RobustConnection) and item.url.port == port and not item.is_closed
+    ]
+    assert left_open == []

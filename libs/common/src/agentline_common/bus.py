@@ -35,6 +35,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustExchange,
 )
+from aio_pika.connection import make_url
 from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as ReturnedError
 from prometheus_client import CollectorRegistry
@@ -150,13 +151,15 @@ class Bus:
 
     async def connect(self) -> None:
         """Open the connection and declare the exchanges. Raises BusUnavailable if unreachable."""
+        # Built here rather than by connect_robust, which drops a connection that fails to connect
+        # without closing it: the garbage collector then warns of a close() never awaited.
+        self._connection = aio_pika.RobustConnection(
+            make_url(self._url),
+            reconnect_interval=self._reconnect_interval,
+            client_properties={"connection_name": "agentline"},
+        )
         try:
-            self._connection = await aio_pika.connect_robust(
-                self._url,
-                timeout=self._connect_timeout,
-                reconnect_interval=self._reconnect_interval,
-                client_properties={"connection_name": "agentline"},
-            )
+            await self._connection.connect(timeout=self._connect_timeout)
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._channel = channel
             self._exchange = await channel.declare_exchange(
