@@ -33,6 +33,7 @@ def load(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(f"bench_{path.parent.parent.name}_{path.stem}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
