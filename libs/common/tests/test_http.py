@@ -1,7 +1,6 @@
 """The shared HTTP edge, served by a real ASGI server on loopback."""
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,6 +8,7 @@ import pytest
 import uvicorn
 from agentline_common.http import ObservedRequests, metrics_response, request_latency_histogram
 from agentline_common.logging import current_correlation_id
+from agentline_common.testing.servers import free_port
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,9 +30,7 @@ async def served() -> AsyncIterator[str]:
 
     app = Starlette(routes=[Route("/items/{item_id}", item), Route("/metrics", metrics)])
     asgi = ObservedRequests(app, latency=request_latency_histogram(registry))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
