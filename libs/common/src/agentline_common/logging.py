@@ -51,7 +51,12 @@ def _redact_value(key: str, value: Any) -> Any:
 
 
 def configure_logging(*, service: str, json: bool, level: str = "INFO") -> None:
-    """Configure structlog and the standard library once, at process start."""
+    """Configure structlog and the standard library once, at process start.
+
+    Every line is written whole, in one write: structlog's default logger prints the message and
+    its newline separately, so a library's record from another thread could land between them and
+    fuse two records on one line (seen in the worker's log, which a log shipper then cannot parse).
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -64,11 +69,38 @@ def configure_logging(*, service: str, json: bool, level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")
+    _route_library_records(shared, renderer, level)
+
+
+_HANDLER_NAME = "agentline"
+
+
+def _route_library_records(shared: list[Any], renderer: Any, level: str) -> None:
+    """The libraries' records (livekit-agents, uvicorn, aio-pika) in the same format as ours: one
+    JSON object per line in production, with the call's context and the same redaction of secrets.
+
+    Called again (by tests, or by an app factory and its entry point both), it replaces our handler
+    and leaves other handlers, such as pytest's, in place.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [*(h for h in root.handlers if h.get_name() != _HANDLER_NAME), handler]
+    root.setLevel(level.upper())
 
 
 def new_correlation_id() -> str:
