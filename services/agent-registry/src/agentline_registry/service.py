@@ -523,7 +523,7 @@ async def record_session_events(db: AsyncSession, events: Sequence[Event]) -> No
     rows = await repository.session_records(
         db, {event.session_id for event in events if event.session_id is not None}
     )
-    new: list[SessionRecord] = []
+    stored = set(rows)
     for event in events:
         if event.session_id is None:
             log.warning("session.event_without_id", event_id=str(event.id), event_type=event.type)
@@ -531,15 +531,16 @@ async def record_session_events(db: AsyncSession, events: Sequence[Event]) -> No
         row = rows.get(event.session_id)
         if row is None:
             row = rows[event.session_id] = new_session_record(event.session_id)
-            new.append(row)
         merge_session_event(row, event)
     for row in rows.values():
         if row["org_id"] is None and row["agent_id"] is not None:
             agent = await repository.get_agent(db, row["agent_id"])
             row["org_id"] = agent.org_id if agent is not None else None
-    fresh = {id(row) for row in new}
-    changed = [row for row in rows.values() if id(row) not in fresh]
-    await repository.save_session_records(db, new=new, changed=changed)
+    await repository.save_session_records(
+        db,
+        new=[row for session_id, row in rows.items() if session_id not in stored],
+        changed=[row for session_id, row in rows.items() if session_id in stored],
+    )
     log.info("session.recorded", events=len(events), sessions=len(rows))
 
 
