@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from agentline_common.auth import InvalidToken, JwksVerifier, KeysUnavailable, Role
+from agentline_common.auth import FETCH_TIMEOUT_SECONDS, InvalidToken, JwksVerifier, KeysUnavailable, Role
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -23,16 +23,19 @@ AUDIENCE = "agentline"
 
 
 class KeyServer:
-    """Serves `jwks` at /jwks.json and counts the requests."""
+    """Serves `jwks` at /jwks.json and counts the requests; `silent` holds every answer back."""
 
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
         self.requests = 0
+        self.silent = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.requests += 1
+                if owner.silent.is_set():
+                    time.sleep(FETCH_TIMEOUT_SECONDS + 1)
                 body = json.dumps(owner.jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -158,6 +161,34 @@ async def test_unreachable_key_set_is_keys_unavailable() -> None:
         )
         with pytest.raises(KeysUnavailable):
             await verifier.verify(sign(new_key(), "k1"))
+
+
+async def test_requests_that_find_the_keys_stale_share_one_fetch(key_server: KeyServer) -> None:
+    key = new_key()
+    key_server.publish(("k1", key))
+    async with httpx.AsyncClient() as http:
+        verifier = await make_verifier(key_server, http, cache_seconds=0.2)
+        await verifier.verify(sign(key, "k1"))
+        await asyncio.sleep(0.3)
+        await asyncio.gather(*(verifier.verify(sign(key, "k1")) for _ in range(20)))
+    assert key_server.requests == 2
+
+
+async def test_requests_waiting_on_a_silent_key_set_fail_together_after_one_fetch(
+    key_server: KeyServer,
+) -> None:
+    key = new_key()
+    key_server.publish(("k1", key))
+    key_server.silent.set()
+    async with httpx.AsyncClient() as http:
+        verifier = await make_verifier(key_server, http)
+        outcomes = await asyncio.gather(
+            *(verifier.verify(sign(key, "k1")) for _ in range(4)), return_exceptions=True
+        )
+        assert [type(outcome) for outcome in outcomes] == [KeysUnavailable] * 4
+        assert key_server.requests == 1
+        key_server.silent.clear()
+        assert (await verifier.verify(sign(key, "k1"))).email == "a@example.com"
 
 
 async def test_verified_claims_are_remembered_briefly_and_never_past_exp(key_server: KeyServer) -> None:

@@ -15,12 +15,16 @@ from uuid import UUID
 
 import httpx
 import jwt
+import structlog
 from jwt import PyJWK, PyJWKSet
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 ALGORITHM = "RS256"
 DEFAULT_CLAIMS_CACHE_SECONDS = 5.0
 CLAIMS_CACHE_SIZE = 1024
+FETCH_TIMEOUT_SECONDS = 2.0
+
+log = structlog.get_logger()
 
 
 class Role(StrEnum):
@@ -88,6 +92,7 @@ class JwksVerifier:
         self._min_refresh_seconds = min_refresh_seconds
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at = float("-inf")
+        self._answered_at = float("-inf")
         self._lock = asyncio.Lock()
         self._claims_cache_seconds = claims_cache_seconds
         self._verified: OrderedDict[str, tuple[float, UserClaims]] = OrderedDict()
@@ -144,29 +149,43 @@ class JwksVerifier:
             raise InvalidToken("token rejected") from error
 
     async def _key_for(self, kid: str) -> PyJWK:
-        now = time.monotonic()
-        stale = now - self._fetched_at > self._cache_seconds
-        if kid not in self._keys or stale:
-            async with self._lock:
-                may_refresh = time.monotonic() - self._fetched_at > self._min_refresh_seconds
-                if (kid not in self._keys and may_refresh) or stale:
-                    await self._refresh()
+        if kid not in self._keys or self._stale():
+            await self._refresh_for(kid, asked_at=time.monotonic())
+        if not self._keys:
+            raise KeysUnavailable("the registry's signing keys cannot be fetched")
         key = self._keys.get(kid)
         if key is None:
             raise InvalidToken("token signed with an unknown key")
         return key
 
+    def _stale(self) -> bool:
+        return time.monotonic() - self._fetched_at > self._cache_seconds
+
+    async def _refresh_for(self, kid: str, *, asked_at: float) -> None:
+        """Fetch the key set, unless a fetch answered (or failed) while this request waited for the lock.
+
+        Requests that queued behind a fetch share its outcome: when the registry is slow or silent,
+        a burst of requests costs one fetch and one timeout, not one after another.
+        """
+        async with self._lock:
+            if self._answered_at >= asked_at:
+                return
+            may_refresh = time.monotonic() - self._fetched_at > self._min_refresh_seconds
+            if self._stale() or (kid not in self._keys and may_refresh):
+                await self._refresh()
+
     async def _refresh(self) -> None:
         try:
-            response = await self._http.get(self._jwks_url, timeout=2.0)
+            response = await self._http.get(self._jwks_url, timeout=FETCH_TIMEOUT_SECONDS)
             response.raise_for_status()
             key_set = PyJWKSet.from_dict(response.json())
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
-            if not self._keys:
-                raise KeysUnavailable("the registry's signing keys cannot be fetched") from error
-            # Keep serving the cached keys; try again after the refresh interval, not on every call.
-            self._fetched_at = time.monotonic() - self._cache_seconds + self._min_refresh_seconds
+            self._answered_at = time.monotonic()
+            log.warning("auth.keys_unavailable", url=self._jwks_url, error=type(error).__name__)
+            if self._keys:
+                # Keep serving the cached keys; try again after the refresh interval, not on every call.
+                self._fetched_at = time.monotonic() - self._cache_seconds + self._min_refresh_seconds
             return
         self._keys = {str(key.key_id): key for key in key_set.keys}
         self._verified.clear()
-        self._fetched_at = time.monotonic()
+        self._fetched_at = self._answered_at = time.monotonic()
