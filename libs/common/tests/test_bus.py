@@ -5,6 +5,7 @@ import gc
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -26,7 +27,7 @@ from agentline_common.events import (
     SessionRequestedData,
 )
 from agentline_common.processed_events import InMemoryProcessedEvents, RedisProcessedEvents
-from agentline_common.testing.servers import free_port
+from agentline_common.testing.servers import RedisServer, free_port
 from prometheus_client import CollectorRegistry, generate_latest
 
 pytestmark = pytest.mark.integration
@@ -190,6 +191,60 @@ async def test_duplicate_delivery_is_processed_once(make_bus: Any, redis_url: st
     await asyncio.sleep(0.3)
     assert handled.count(event.id) == 1
     await redis.aclose()
+
+
+async def test_an_event_claimed_by_a_delivery_that_died_waits_for_the_claim_instead_of_dead_lettering(
+    make_bus: Any, amqp_url: str
+) -> None:
+    bus = await make_bus()
+    processed = InMemoryProcessedEvents(claim_seconds=3)
+    handled: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+
+    async def handle(event: Event) -> None:
+        await handled.put(event.id)
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume(queue=queue, routing_keys=["session.requested"], handler=handle, processed=processed)
+    event = session_requested()
+    await processed.claim(queue, [event.id])  # as if a consumer took it and then crashed
+    await bus.publish(event)
+    assert await asyncio.wait_for(handled.get(), 15) == event.id
+    assert await dead_letters(amqp_url, queue) == []
+
+
+async def test_events_wait_in_the_consumer_while_the_claim_store_is_down(
+    make_bus: Any, amqp_url: str, tmp_path: Path
+) -> None:
+    from redis.asyncio import Redis
+
+    store = RedisServer(base_dir=tmp_path)
+    store.start()
+    redis = Redis.from_url(store.url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        bus = await make_bus()
+        handled: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+
+        async def handle(event: Event) -> None:
+            await handled.put(event.id)
+
+        queue = f"q-{uuid.uuid4().hex[:8]}"
+        await bus.consume(
+            queue=queue,
+            routing_keys=["session.requested"],
+            handler=handle,
+            processed=RedisProcessedEvents(redis),
+        )
+        store.stop()
+        event = session_requested()
+        await bus.publish(event)
+        await asyncio.sleep(3)
+        assert handled.empty()
+        assert await dead_letters(amqp_url, queue) == []
+        store.start()
+        assert await asyncio.wait_for(handled.get(), 15) == event.id
+    finally:
+        await redis.aclose()
+        store.stop()
 
 
 async def test_request_reply_and_typed_errors(make_bus: Any) -> None:

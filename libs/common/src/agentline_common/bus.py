@@ -8,9 +8,12 @@ Consuming: each consumer owns a durable quorum queue. The handler runs first, th
 recorded as processed and the message acked; a redelivered event already recorded is acked without
 running the handler again. A failing handler's message goes back to the queue; the broker counts its
 deliveries (`x-delivery-limit`) and dead-letters it to ``<queue>.dlq`` once the limit is reached, so a
-poison message never loops forever. `consume_batches` hands the handler every event that arrived while
-the previous batch was being handled, so a consumer that writes to a database commits once for many
-events; a batch that fails is retried one event at a time, so only the bad event goes back.
+poison message never loops forever. An event whose fate is not known yet (another delivery of it is
+being handled, or the idempotency store cannot be reached) is held by the consumer and looked at
+again, unacked, so it spends none of its deliveries. `consume_batches` hands the handler every event
+that arrived while the previous batch was being handled, so a consumer that writes to a database
+commits once for many events; a batch that fails is retried one event at a time, so only the bad
+event goes back.
 
 Look-ups: request/reply with `reply_to` + `correlation_id`; the caller waits a bounded time and gets
 RpcUnavailable (nobody serves the method), RpcTimeout (nobody answered in time) or RpcFailure (the
@@ -51,6 +54,8 @@ log = structlog.get_logger()
 
 RPC_PREFIX = "rpc."
 DEFAULT_RPC_TIMEOUT = 2.0
+HOLD_SECONDS = 1.0
+"""How long a consumer keeps an event it cannot judge yet (claimed elsewhere, claim store down)."""
 _CONNECTION_ERRORS = (AMQPError, ConnectionError, OSError, RuntimeError)
 
 EventHandler = Callable[[Event], Awaitable[None]]
@@ -448,6 +453,7 @@ class _EventDelivery:
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
         self._waiting: list[_Delivery] = []
+        self._held: list[_Delivery] = []
         self._worker: asyncio.Task[None] | None = None
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
@@ -458,6 +464,9 @@ class _EventDelivery:
             await message.reject(requeue=False)
             return
         self._waiting.append((message, event))
+        self._wake()
+
+    def _wake(self) -> None:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"bus.consume:{self._queue}")
 
@@ -478,7 +487,8 @@ class _EventDelivery:
         try:
             claims = await self._processed.claim(self._queue, [event.id for _, event in batch])
         except Exception as error:
-            await self._retry_later(batch, error)
+            log.warning("bus.claims_unavailable", queue=self._queue, size=len(batch), error=repr(error)[:500])
+            self._hold(batch)
             return
         fresh = [delivery for delivery, claim in zip(batch, claims, strict=True) if claim is Claim.NEW]
         done = [delivery for delivery, claim in zip(batch, claims, strict=True) if claim is Claim.DONE]
@@ -487,15 +497,38 @@ class _EventDelivery:
             log.info("bus.duplicate_skipped", queue=self._queue, event_id=str(event.id))
         for message, _ in done:
             await message.ack()
+        self._hold(busy)
         if fresh:
-            # Nothing else of this batch is unsettled unless some of it is busy, so the fresh events
-            # may then be acked together.
-            await self._run(fresh, ack_together=not busy)
-        if busy:
-            # Another delivery of these events is being handled right now; look again shortly.
-            await asyncio.sleep(0.2)
-            for message, _ in busy:
-                await message.nack(requeue=True)
+            await self._run(fresh, ack_together=self._nothing_unsettled_before(fresh))
+
+    def _hold(self, deliveries: list[_Delivery]) -> None:
+        """Look at `deliveries` again after HOLD_SECONDS, keeping them unacked meanwhile.
+
+        A claim held by another delivery (which ends, or lapses after its claim time) and an
+        unreachable claim store say nothing against the event, so neither may spend one of its
+        deliveries: nacking would, and the broker dead-letters an event at its delivery limit. Unacked,
+        the events are redelivered if this consumer goes away.
+        """
+        if not deliveries:
+            return
+        self._held.extend(deliveries)
+        asyncio.get_running_loop().call_later(HOLD_SECONDS, self._take_back, deliveries)
+
+    def _take_back(self, deliveries: list[_Delivery]) -> None:
+        returning = {id(message) for message, _ in deliveries}
+        self._held = [delivery for delivery in self._held if id(delivery[0]) not in returning]
+        self._waiting.extend(deliveries)
+        self._wake()
+
+    def _nothing_unsettled_before(self, deliveries: list[_Delivery]) -> bool:
+        """Whether one `multiple` ack of the last of `deliveries` would settle only them: no held or
+        waiting delivery of their channel has a lower tag."""
+        channel = deliveries[0][0].channel
+        last = max(message.delivery_tag or 0 for message, _ in deliveries)
+        return all(
+            message.channel is not channel or (message.delivery_tag or 0) > last
+            for message, _ in (*self._waiting, *self._held)
+        )
 
     async def _run(self, fresh: list[_Delivery], *, ack_together: bool = False) -> None:
         first_message = fresh[0][0]
