@@ -5,8 +5,7 @@ Loaded for every test run by the root pyproject (`-p agentline_common.testing.pl
 Where a server comes from, in this order:
 1. a URL in the environment (`AGENTLINE_TEST_AMQP_URL`, `..._REDIS_URL`, `..._POSTGRES_URL`,
    `..._LIVEKIT_URL` with `..._LIVEKIT_API_KEY`/`..._LIVEKIT_API_SECRET`);
-2. a testcontainers container when a Docker engine answers;
-3. the locally installed server, started on free loopback ports in a temp dir.
+2. the locally installed server, started on free loopback ports in a temp dir.
 
 A server starts only if some collected test needs it; all needed servers start in parallel as soon
 as collection ends, so the run pays for the slowest one (RabbitMQ) once, not for the sum.
@@ -127,7 +126,6 @@ class Infrastructure:
         self._started: list[Any] = []
         self._dirs: list[Path] = []
         self._lock = threading.Lock()
-        self._use_containers: bool | None = None
         self.startup_seconds: dict[str, float] = {}
 
     def ensure(self, name: str) -> Future[Any]:
@@ -139,13 +137,6 @@ class Infrastructure:
 
     def get(self, name: str) -> Any:
         return self.ensure(name).result()
-
-    def _containers(self) -> bool:
-        if self._use_containers is None:
-            from agentline_common.testing.containers import docker_available
-
-            self._use_containers = self._settings.use_containers and docker_available()
-        return self._use_containers
 
     def _base_dir(self, prefix: str) -> Path:
         path = make_base_dir(prefix)
@@ -168,26 +159,14 @@ class Infrastructure:
         if name == RABBITMQ:
             if settings.amqp_url:
                 return ExternalRabbitMQ(settings.amqp_url)
-            if self._containers():
-                from agentline_common.testing.containers import RabbitMQContainer
-
-                return RabbitMQContainer()
             return RabbitMQServer(base_dir=self._base_dir("rabbitmq"))
         if name == REDIS:
             if settings.redis_url:
                 return ExternalRedis(settings.redis_url)
-            if self._containers():
-                from agentline_common.testing.containers import RedisContainer
-
-                return RedisContainer()
             return RedisServer(base_dir=self._base_dir("redis"))
         if name == POSTGRES:
             if settings.postgres_url:
                 return ExternalPostgres(settings.postgres_url)
-            if self._containers():
-                from agentline_common.testing.containers import PostgresContainer
-
-                return PostgresContainer()
             return PostgresServer(base_dir=self._base_dir("postgres"))
         if name == LIVEKIT:
             if settings.livekit_url:

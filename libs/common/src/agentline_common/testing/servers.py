@@ -5,7 +5,7 @@ directory of its own, and stopped (its whole process group) afterwards. Nothing 
 127.0.0.1 unless a test asks for a network-namespace address explicitly.
 
 The plugin (`agentline_common.testing.plugin`) decides where a server comes from: a URL given in the
-environment, a testcontainers container when a Docker engine answers, or the classes here.
+environment, or the classes here.
 """
 
 from __future__ import annotations

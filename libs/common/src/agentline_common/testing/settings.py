@@ -23,5 +23,3 @@ class TestInfraSettings(BaseSettings):
     livekit_url: str = ""
     livekit_api_key: str = ""
     livekit_api_secret: SecretStr = SecretStr("")
-    use_containers: bool = True
-    """Set to false to skip the Docker check and always use the locally installed servers."""
