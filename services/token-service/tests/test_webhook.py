@@ -23,6 +23,7 @@ from agentline_common.testing.servers import (
     tcp_open,
     wait_until,
 )
+from agentline_token_service.api import MAX_WEBHOOK_BYTES
 from agentline_token_service.app import create_app
 from agentline_token_service.service import SessionRef, generate_test_token
 from agentline_token_service.settings import TokenServiceSettings
@@ -169,6 +170,13 @@ async def test_a_signed_body_that_is_not_an_event_is_400(client: httpx.AsyncClie
     response = await client.post(WEBHOOK, content=body, headers=signed(body))
     assert response.status_code == 400
     assert "WebhookEvent" in response.json()["detail"]
+
+
+async def test_an_oversized_body_is_413_before_any_signature_check(client: httpx.AsyncClient) -> None:
+    body = "x" * (MAX_WEBHOOK_BYTES + 1)
+    response = await client.post(WEBHOOK, content=body, headers={"Authorization": "anything"})
+    assert response.status_code == 413
+    assert f"larger than {MAX_WEBHOOK_BYTES} bytes" in response.json()["detail"]
 
 
 async def test_without_livekit_the_webhook_is_503(

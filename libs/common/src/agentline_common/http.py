@@ -1,5 +1,5 @@
 """What every HTTP service does at its edge: carry the correlation id, time requests, serve /metrics,
-and run under uvicorn.
+read bounded request bodies, and run under uvicorn.
 
 A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which costs a task per request.
 """
@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,6 +70,23 @@ class ObservedRequests:
 def metrics_response(registry: CollectorRegistry) -> Response:
     """The Prometheus text exposition of `registry`."""
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it passes `limit` bytes.
+
+    Webhooks read their body before they can check its signature, so an unauthenticated caller must
+    not be able to make the service hold an arbitrarily large body in memory first.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+    return bytes(body)
 
 
 def _header(scope: Scope, name: str) -> str | None:

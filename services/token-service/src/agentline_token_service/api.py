@@ -12,7 +12,7 @@ import httpx
 import structlog
 from agentline_common.auth import InvalidToken, JwksVerifier, KeysUnavailable, UserClaims
 from agentline_common.bus import Bus
-from agentline_common.http import metrics_response
+from agentline_common.http import metrics_response, read_body
 from agentline_common.registry_client import AgentNotFound, RegistryClient, RegistryUnavailable
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -198,9 +198,7 @@ async def livekit_webhook(
         )
     if not authorization:
         raise HTTPException(401, "missing Authorization header: LiveKit signs every webhook")
-    raw = await request.body()
-    if len(raw) > MAX_WEBHOOK_BYTES:
-        raise HTTPException(413, f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
+    raw = await read_body(request, limit=MAX_WEBHOOK_BYTES)
     try:
         body = raw.decode()
         webhook = receiver.receive(body, authorization.removeprefix("Bearer "))

@@ -72,7 +72,7 @@ class RateLimited(TestTokenError):
 
 
 class DependencyUnavailable(TestTokenError):
-    """The broker or Redis did not answer within the bound; the caller should try again later."""
+    """The broker, Redis or the registry did not answer within the bound; try again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +329,7 @@ async def _look_up(agents: AgentDirectory, agent_id: UUID, *, bound: float) -> A
             return await agents.get_agent(agent_id)
     except TimeoutError as error:
         raise DependencyUnavailable(
-            "the agent registry could not be reached in time; try again in a few seconds"
+            "neither the agent registry nor its cache answered in time; try again in a few seconds"
         ) from error
 
 
