@@ -71,7 +71,16 @@ const initialState: InternalState = {
   roomName: null,
 };
 
-const LIVE: ReadonlySet<CallStatus> = new Set(["connecting", "connected", "reconnecting"]);
+/** The statuses in which a call holds a room: it can be muted, and closing it means hanging up. */
+export const LIVE_STATUSES: ReadonlySet<CallStatus> = new Set(["connecting", "connected", "reconnecting"]);
+
+/** How long a joined call waits for the agent before it fails; dispatch normally takes a second or two. */
+export const AGENT_JOIN_TIMEOUT_MS = 20_000;
+const NO_AGENT_MESSAGE = "No agent joined the call. Check that an agent worker is running.";
+
+function failedWith(state: InternalState, error: string): InternalState {
+  return { ...state, status: "error", error, agentAudioPlaying: false };
+}
 
 function describeFailure(error: unknown): string {
   if (error instanceof TestTokenError) return error.actionMessage;
@@ -119,7 +128,7 @@ export function useTestCall(agentId: string, options: UseTestCallOptions = {}): 
             attemptRef.current += 1;
             setState((s) =>
               detail?.failed
-                ? { ...s, status: "error", error: reason, agentAudioPlaying: false }
+                ? failedWith(s, reason)
                 : { ...s, status: "ended", endReason: reason, agentAudioPlaying: false },
             );
           }
@@ -193,7 +202,7 @@ export function useTestCall(agentId: string, options: UseTestCallOptions = {}): 
     } catch (error) {
       if (stale()) return;
       await releaseRoom();
-      setState((s) => ({ ...s, status: "error", error: describeFailure(error), agentAudioPlaying: false }));
+      setState((s) => failedWith(s, describeFailure(error)));
     }
   }, [agentId, eventsFor, fetchToken, livekitUrl, releaseRoom, roomFactory]);
 
@@ -202,7 +211,9 @@ export function useTestCall(agentId: string, options: UseTestCallOptions = {}): 
     const closing = releaseRoom();
     if (hadRoom) {
       setState((s) =>
-        LIVE.has(s.status) ? { ...s, status: "ended", endReason: "You ended the call.", agentAudioPlaying: false } : s,
+        LIVE_STATUSES.has(s.status)
+          ? { ...s, status: "ended", endReason: "You ended the call.", agentAudioPlaying: false }
+          : s,
       );
     }
     await closing;
@@ -222,6 +233,18 @@ export function useTestCall(agentId: string, options: UseTestCallOptions = {}): 
       setState((s) => ({ ...s, audioBlocked: true }));
     }
   }, []);
+
+  // LiveKit dispatches a worker when the room is created; with no worker running nobody ever joins,
+  // and the user must be told why instead of watching "Waiting for the agent" forever.
+  const waitingForAgent = state.status === "connected" && !state.agentPresent;
+  useEffect(() => {
+    if (!waitingForAgent) return;
+    const deadline = setTimeout(() => {
+      void releaseRoom();
+      setState((s) => failedWith(s, NO_AGENT_MESSAGE));
+    }, AGENT_JOIN_TIMEOUT_MS);
+    return () => clearTimeout(deadline);
+  }, [waitingForAgent, releaseRoom]);
 
   useEffect(() => {
     // Leaving the page must not leave a participant in the room until LiveKit times it out.

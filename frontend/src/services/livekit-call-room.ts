@@ -197,8 +197,9 @@ export const createLiveKitCallRoom: CallRoomFactory = (events: CallRoomEvents): 
       if (typeof navigator === "undefined" || !navigator.mediaDevices?.getUserMedia) {
         throw new MicrophoneError("insecure_context", "navigator.mediaDevices is not available");
       }
+      let track: LocalAudioTrack;
       try {
-        microphone = await createLocalAudioTrack({
+        track = await createLocalAudioTrack({
           echoCancellation: true,
           noiseSuppression: true,
           autoGainControl: true,
@@ -206,6 +207,10 @@ export const createLiveKitCallRoom: CallRoomFactory = (events: CallRoomEvents): 
       } catch (error) {
         throw new MicrophoneError(microphoneProblem(error), error instanceof Error ? error.message : String(error));
       }
+      // The call can end while the permission prompt is open; disconnect() had no track to stop then,
+      // so a track granted afterwards is stopped here or the microphone stays on until reload.
+      if (closed) track.stop();
+      else microphone = track;
     },
 
     async connect(serverUrl: string, token: string) {

@@ -1,9 +1,9 @@
 /** The test-call hook's states, driven through a fake room and a scripted token source. */
 
 import { act, renderHook, waitFor } from "@testing-library/react";
-import { describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
-import { useTestCall, type UseTestCallOptions } from "@/hooks/use-test-call";
+import { AGENT_JOIN_TIMEOUT_MS, useTestCall, type UseTestCallOptions } from "@/hooks/use-test-call";
 import { MicrophoneError } from "@/lib/call-room";
 import { TestTokenError } from "@/services/agent-service";
 import { ApiError } from "@/services/api-client";
@@ -236,6 +236,38 @@ describe("useTestCall", () => {
     expect(hook.result.current.status).toBe("ended");
     expect(hook.result.current.endReason).toBe("The agent ended the call.");
     expect(rooms[0]?.disconnects).toBe(1);
+  });
+
+  describe("when no agent joins", () => {
+    afterEach(() => {
+      vi.useRealTimers();
+    });
+
+    it("waits a bounded time, then ends in error with the reason", async () => {
+      vi.useFakeTimers();
+      const { hook, rooms } = setup();
+      await act(() => hook.result.current.start());
+
+      act(() => vi.advanceTimersByTime(AGENT_JOIN_TIMEOUT_MS - 1));
+      expect(hook.result.current.status).toBe("connected");
+      act(() => vi.advanceTimersByTime(1));
+
+      expect(hook.result.current.status).toBe("error");
+      expect(hook.result.current.error).toBe("No agent joined the call. Check that an agent worker is running.");
+      expect(rooms[0]?.disconnects).toBe(1);
+    });
+
+    it("keeps the call once the agent has joined", async () => {
+      vi.useFakeTimers();
+      const { hook, rooms } = setup();
+      await act(() => hook.result.current.start());
+
+      act(() => rooms[0]!.events.agentJoined());
+      act(() => vi.advanceTimersByTime(AGENT_JOIN_TIMEOUT_MS));
+
+      expect(hook.result.current.status).toBe("connected");
+      expect(rooms[0]?.disconnects).toBe(0);
+    });
   });
 
   it("ignores events from a room it has already left", async () => {

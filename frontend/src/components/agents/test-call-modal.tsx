@@ -8,7 +8,7 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 
 import type { AgentState } from "@/lib/call-room";
-import type { CallStatus, TestCall } from "@/hooks/use-test-call";
+import { LIVE_STATUSES, type CallStatus, type TestCall } from "@/hooks/use-test-call";
 
 import styles from "./test-call-modal.module.css";
 
@@ -38,8 +38,6 @@ const AGENT_STATE_LABELS: Record<AgentState, string> = {
   speaking: "Speaking",
 };
 
-const LIVE: ReadonlySet<CallStatus> = new Set(["connecting", "connected", "reconnecting"]);
-
 const FOCUSABLE =
   'button:not([disabled]), [href], input:not([disabled]), select:not([disabled]), textarea:not([disabled]), [tabindex]:not([tabindex="-1"])';
 
@@ -64,7 +62,7 @@ export function TestCallModal({ agentName, call, onClose }: { agentName: string;
   const transcriptRef = useRef<HTMLOListElement>(null);
   const keepTalkingRef = useRef<HTMLButtonElement>(null);
   const [confirmRequested, setConfirming] = useState(false);
-  const live = LIVE.has(call.status);
+  const live = LIVE_STATUSES.has(call.status);
   // A call that ends by itself needs no confirmation any more.
   const confirming = confirmRequested && live;
   const elapsed = useElapsed(call.connectedAt, call.status === "connected" || call.status === "reconnecting");

@@ -3,15 +3,11 @@
 import { useRouter, useSearchParams } from "next/navigation";
 import { useState, type FormEvent } from "react";
 
+import { afterSignInPath } from "@/lib/sign-in-redirect";
 import { ApiError } from "@/services/api-client";
 import { login } from "@/services/auth-service";
 
 import styles from "./login-form.module.css";
-
-/** Only same-site paths are followed after sign-in, so a crafted link cannot send users elsewhere. */
-function safeNext(next: string | null): string {
-  return next && next.startsWith("/") && !next.startsWith("//") ? next : "/agents";
-}
 
 export function LoginForm() {
   const router = useRouter();
@@ -28,7 +24,7 @@ export function LoginForm() {
     setSubmitting(true);
     try {
       await login(email.trim(), password);
-      router.replace(safeNext(params.get("next")));
+      router.replace(afterSignInPath(params.get("next"), window.location.origin));
     } catch (cause) {
       if (cause instanceof ApiError && (cause.status === 401 || cause.status === 400)) {
         setError("The email or password is not correct.");
