@@ -66,9 +66,12 @@ def test_json_logs_carry_the_correlation_id_and_no_secret(
         structlog.contextvars.clear_contextvars()
 
 
-def test_oversized_or_missing_correlation_ids_are_replaced() -> None:
+def test_oversized_missing_or_odd_correlation_ids_are_replaced() -> None:
     assert len(bind_correlation_id(None)) == 32
     assert bind_correlation_id("x" * 500) != "x" * 500
+    for odd in ("", "two words", "line\nbreak", 'quote"d', "ünïcode"):
+        assert bind_correlation_id(odd) != odd
+    assert bind_correlation_id("req-42.retry:1_a") == "req-42.retry:1_a"
     structlog.contextvars.clear_contextvars()
 
 

@@ -107,11 +107,19 @@ def new_correlation_id() -> str:
     return uuid.uuid4().hex
 
 
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def bind_correlation_id(correlation_id: str | None) -> str:
-    """Bind `correlation_id` (or a new one) to the current context and return it."""
-    value = correlation_id if correlation_id and len(correlation_id) <= 128 else new_correlation_id()
-    structlog.contextvars.bind_contextvars(correlation_id=value)
-    return value
+    """Bind `correlation_id` (or a new one) to the current context and return it.
+
+    The id often comes from a caller's header and ends up in log lines, events and LiveKit dispatch
+    metadata, so only a short run of id-like characters is taken from outside.
+    """
+    if correlation_id is None or not _CORRELATION_ID.fullmatch(correlation_id):
+        correlation_id = new_correlation_id()
+    structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+    return correlation_id
 
 
 def current_correlation_id() -> str | None:
