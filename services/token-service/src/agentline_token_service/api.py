@@ -65,7 +65,7 @@ class TestTokenRead(BaseModel):
     __test__ = False
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
-    token: str = Field(description="LiveKit access token for this one room, valid 10 minutes.")
+    token: str = Field(description="LiveKit access token for this one room, valid until `expiresAt`.")
     server_url: str = Field(description="The LiveKit WebSocket URL to connect to.")
     room_name: str
     expires_at: datetime
