@@ -45,8 +45,8 @@ _UNAVAILABLE = "Redis could not be reached in time; try again in a few seconds"
 
 class RedisTestCalls:
     """At most `limit` test calls per subject in any `window_seconds`-long stretch of time, and
-    room name -> SessionRef of each admitted call, kept for `mapping_ttl_seconds` (longer than any
-    test call lasts)."""
+    room name -> SessionRef of each admitted call, kept for `mapping_ttl_seconds` (a day by default,
+    longer than a test call lasts)."""
 
     def __init__(
         self,
