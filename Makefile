@@ -15,7 +15,7 @@ help:
 	@echo "make e2e           only the end-to-end tests (Python, then the browser against the stack)"
 	@echo "make bench         every benchmark; prints a table, writes bench-results.json"
 	@echo "make lint          ruff and mypy"
-	@echo "make k8s-validate  render and validate the Kubernetes manifests"
+	@echo "make k8s-validate  render and validate the Kubernetes manifests (after make setup)"
 
 setup:
 	scripts/setup.sh
@@ -41,13 +41,11 @@ test-python:
 	uv run --frozen pytest -m "not bench" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-frontend:
-	@if [[ -x scripts/test-frontend.sh ]]; then scripts/test-frontend.sh; \
-	else echo "test-frontend: scripts/test-frontend.sh not present yet"; fi
+	scripts/test-frontend.sh
 
 # The Test Agent call in headless Chromium against the whole stack, inside a network namespace.
 test-browser:
-	@if [[ -x scripts/e2e-stack.sh ]]; then scripts/e2e-stack.sh; \
-	else echo "test-browser: scripts/e2e-stack.sh not present yet"; fi
+	scripts/e2e-stack.sh
 
 e2e: setup
 	@status=0; \
@@ -63,6 +61,6 @@ lint:
 	uv run --frozen ruff format --check .
 	uv run --frozen mypy libs/common/src services/*/src
 
+# Needs the tools `make setup` installs; says which are missing.
 k8s-validate:
-	@if [[ -x scripts/k8s-validate.sh ]]; then scripts/k8s-validate.sh; \
-	else echo "k8s-validate: scripts/k8s-validate.sh not present yet"; fi
+	scripts/k8s-validate.sh

@@ -13,11 +13,9 @@
 # inside has a route out.
 # The namespace, every process in it and the run's state are removed at the end, also on failure.
 #
-# The console is a production build served by its standalone server, as in the container image:
-# `next dev` allows one server per directory, so a developer's `make up` and this run could not both
-# use frontend/. The build happens in a copy of the console's sources under frontend/.next/cache/
-# (where modules resolve to frontend/node_modules, and which git, tsc, eslint and `next build` all
-# leave alone), while the rest of the stack starts.
+# The stack is scripts/run_local.py, as in `make up`, console included: the production build that
+# scripts/build-console.sh makes while the rest starts (reused while the console's sources stay the
+# same, so a developer's `make up` and this run share it), served by its standalone server.
 #
 # Needs root (ip netns) and `make setup`. Bounded: the whole run stops within RUN_LIMIT seconds.
 # Logs and screenshots: test-artifacts/e2e-stack/.
@@ -35,16 +33,13 @@ artifacts="${root}/test-artifacts/e2e-stack"
 rm -rf "${artifacts}"
 mkdir -p "${artifacts}"
 stack_log="${artifacts}/stack.log"
-console_log="${artifacts}/console.log"
 browser_log="${artifacts}/browser.log"
 
 run_id="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
 namespace="agentline-e2e-${run_id}"
 address="10.213.$(($(od -An -N1 -tu1 /dev/urandom) % 254 + 1)).1"
 state="$(mktemp -d /tmp/agentline-e2e-XXXXXX)"
-console_dir="${root}/frontend/.next/cache/agentline-e2e-${run_id}"
 supervisor=""
-build=""
 
 say() { echo "e2e-stack: $*"; }
 
@@ -62,12 +57,10 @@ teardown() {
         ip netns pids "${namespace}" | xargs -r kill -KILL 2>/dev/null || true
         ip netns del "${namespace}" 2>/dev/null || true
     fi
-    [[ -z "${build}" ]] || kill -TERM "${build}" 2>/dev/null || true
-    rm -rf "${state}" "${console_dir}"
+    rm -rf "${state}"
     if ((status != 0)); then
-        say "FAILED after $((SECONDS - started)) s. Logs: ${stack_log} (every program but the"
-        say "  console), ${console_log} (its build and server), ${browser_log} (Chromium run);"
-        say "  screenshots in ${artifacts}/screenshots"
+        say "FAILED after $((SECONDS - started)) s. Logs: ${stack_log} (every program, the"
+        say "  console's build too), ${browser_log} (Chromium run); screenshots in ${artifacts}/screenshots"
     fi
     exit "${status}"
 }
@@ -87,31 +80,11 @@ ip -n "${namespace}" link set agl1 up
 
 scripts/test-frontend.sh install
 
-# Inside the namespace too, so the build cannot reach out. NEXT_PUBLIC_* empty: the API is the
-# origin the console is served from (the gateway), and LiveKit's URL comes with each token. A
-# developer's .env.local stays out, and so do the tests (type-checked by scripts/test-frontend.sh).
-build_console() {
-    mkdir -p "${console_dir}"
-    tar -C frontend --exclude=./node_modules --exclude=./.next --exclude='./.env*' \
-        --exclude=./tests --exclude=./e2e --exclude='./*.tsbuildinfo' -cf - . |
-        tar -C "${console_dir}" -xf -
-    cd "${console_dir}"
-    in_namespace env NEXT_TELEMETRY_DISABLED=1 NEXT_PUBLIC_API_BASE_URL="" NEXT_PUBLIC_LIVEKIT_URL="" \
-        npx --no-install next build
-    local server
-    server="$(find .next/standalone -name server.js -not -path '*/node_modules/*' -print -quit)"
-    cp -r .next/static "$(dirname "${server}")/.next/static"
-    ln -s "${console_dir}/${server}" "${console_dir}/server.js"
-}
-say "building the console (log: ${console_log})"
-build_console >"${console_log}" 2>&1 &
-build=$!
-
 # The fake model server, whatever keys the caller's environment holds.
-say "starting the stack (log: ${stack_log})"
+say "starting the stack and building the console, unless built already (log: ${stack_log})"
 in_namespace env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u DEMO_PASSWORD \
     uv run --frozen --no-sync python scripts/run_local.py \
-    --state-dir "${state}" --livekit-node-ip "${address}" --ready-file "${state}/ready.json" --no-console \
+    --state-dir "${state}" --livekit-node-ip "${address}" --ready-file "${state}/ready.json" \
     >"${stack_log}" 2>&1 &
 supervisor=$!
 
@@ -130,23 +103,11 @@ while [[ ! -f "${state}/ready.json" ]]; do
 done
 say "stack ready after $((SECONDS - started)) s"
 
-if ! timeout "$((STACK_LIMIT + 1 - (SECONDS - started)))" tail --pid="${build}" -f /dev/null || ! wait "${build}"; then
-    say "the console's build failed or took over ${STACK_LIMIT} s:"
-    tail -n 30 "${console_log}"
+if ! in_namespace curl -sf -o /dev/null --max-time 5 http://127.0.0.1:8080/login; then
+    say "the console does not answer through the gateway:"
+    tail -n 30 "${stack_log}"
     exit 1
 fi
-build=""
-in_namespace env NODE_ENV=production NEXT_TELEMETRY_DISABLED=1 HOSTNAME=127.0.0.1 PORT=3000 \
-    node "${console_dir}/server.js" >>"${console_log}" 2>&1 &
-until in_namespace curl -sf -o /dev/null --max-time 5 http://127.0.0.1:8080/login; do
-    if ((SECONDS - started > STACK_LIMIT)); then
-        say "the console did not answer through the gateway after ${STACK_LIMIT} s:"
-        tail -n 30 "${console_log}"
-        exit 1
-    fi
-    sleep 0.5
-done
-say "console ready after $((SECONDS - started)) s"
 
 login="$(cat "${state}/ready.json")"
 field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "${login}" "$1"; }

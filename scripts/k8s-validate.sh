@@ -13,25 +13,14 @@
 #     front of stand-in upstreams answers every route of the Ingress (and a broken copy must not);
 #  6. the Dockerfiles install the packages and console scripts the pyproject files name.
 #
-# Tools go to $AGENTLINE_TOOLS (default /opt/agentline), versioned, installed once: kustomize and
-# kubeconform through the Go module proxy, kubernetes-validate (schemas + PyYAML) from PyPI into a
-# virtual environment. A second run installs nothing and takes a few seconds.
+# The tools (kustomize, kubeconform, our PromQL checker, kubernetes-validate and the offline schema
+# tree made from it) are installed by `make setup` (scripts/k8s-tools.sh, which pins their versions);
+# this script installs nothing and stops at once, naming what is missing, when one is not there.
 set -euo pipefail
 
-KUSTOMIZE_VERSION=v5.7.1
-KUBECONFORM_VERSION=v0.7.0
-KUBERNETES_VALIDATE_VERSION=1.37.0
-KUBERNETES_VERSION=1.32.0
-
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS=${AGENTLINE_TOOLS:-/opt/agentline}
-BIN=$TOOLS/bin
-VENV=$TOOLS/venvs/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
-SCHEMAS=$TOOLS/share/kubernetes-schemas/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
-KUSTOMIZE=$BIN/kustomize-$KUSTOMIZE_VERSION
-KUBECONFORM=$BIN/kubeconform-$KUBECONFORM_VERSION
-PROMQL_CHECK=$BIN/promql-check-$(cat "$ROOT"/scripts/promql-check/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)
-PYTHON=$VENV/bin/python
+# shellcheck source=scripts/k8s-tools.sh
+source "$ROOT/scripts/k8s-tools.sh"
 
 WORK=$(mktemp -d -t agentline-k8s-validate.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -39,99 +28,9 @@ trap 'rm -rf "$WORK"' EXIT
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'k8s-validate: %s\n' "$*" >&2; exit 1; }
 
-install_go_tool() {  # install_go_tool TARGET BINARY MODULE@VERSION
-    local target=$1 binary=$2 module=$3
-    [[ -x $target ]] && return
-    command -v go >/dev/null || die "Go is needed to install $module (make setup installs it)"
-    say "installing $module"
-    local gobin
-    gobin=$(mktemp -d "$WORK/gobin.XXXXXX")
-    CGO_ENABLED=0 GOBIN=$gobin GOFLAGS=-mod=mod go install "$module"
-    mkdir -p "$BIN"
-    mv "$gobin/$binary" "$target.partial" && mv "$target.partial" "$target"
-}
-
-# Our PromQL checker (scripts/promql-check): Prometheus' parser, pinned by its go.sum.
-build_promql_check() {
-    [[ -x $PROMQL_CHECK ]] && return
-    command -v go >/dev/null || die "Go is needed to build scripts/promql-check (make setup installs it)"
-    say "building scripts/promql-check"
-    mkdir -p "$BIN"
-    (cd "$ROOT/scripts/promql-check" && CGO_ENABLED=0 go build -trimpath -o "$PROMQL_CHECK.partial" .)
-    mv "$PROMQL_CHECK.partial" "$PROMQL_CHECK"
-}
-
-install_kubernetes_validate() {
-    [[ -f $VENV/.installed ]] && return
-    say "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (offline Kubernetes schemas)"
-    rm -rf "$VENV"
-    if command -v uv >/dev/null; then
-        uv venv --quiet --python python3 "$VENV"
-        uv pip install --quiet --python "$VENV/bin/python" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-    else
-        python3 -m venv "$VENV"
-        "$VENV/bin/pip" install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-    fi
-    touch "$VENV/.installed"
-}
-
-# kubernetes-validate's schemas point at one shared file of definitions ("/api/_definitions.json",
-# 1.3 MB), which kubeconform would load and compile again for every kind. Each schema here carries
-# instead just the definitions it reaches, under its own "$defs": standalone, and fast to compile.
-build_schema_tree() {
-    local target=$SCHEMAS/v$KUBERNETES_VERSION-standalone-strict
-    [[ -f $target/.complete ]] && return
-    say "building the kubeconform schema tree for Kubernetes $KUBERNETES_VERSION"
-    rm -rf "$target" && mkdir -p "$target"
-    "$PYTHON" - "$target" "$KUBERNETES_VERSION" <<'PY'
-import json
-import sys
-from pathlib import Path
-
-import kubernetes_validate
-
-target, version = Path(sys.argv[1]), sys.argv[2]
-source = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{version}-local-strict"
-if not source.is_dir():
-    sys.exit(f"kubernetes-validate has no schemas for Kubernetes {version}")
-definitions = json.loads((source / "_definitions.json").read_text())["$defs"]
-SHARED = "/api/_definitions.json#/$defs/"
-LOCAL = "#/$defs/"
-
-
-def references(node):
-    """Yield every definition name `node` refers to, rewriting shared references to local ones."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith((SHARED, LOCAL)):
-            name = ref.split("/")[-1]
-            node["$ref"] = LOCAL + name
-            yield name
-        for value in node.values():
-            yield from references(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from references(value)
-
-
-for path in source.glob("*.json"):
-    if path.name == "_definitions.json":
-        continue
-    schema = json.loads(path.read_text())
-    included = {}
-    pending = list(references(schema))
-    while pending:
-        name = pending.pop()
-        if name in included or name not in definitions:
-            continue
-        included[name] = json.loads(json.dumps(definitions[name]))
-        pending.extend(references(included[name]))
-    if included:
-        schema["$defs"] = {**schema.get("$defs", {}), **included}
-    (target / path.name).write_text(json.dumps(schema))
-PY
-    touch "$target/.complete"
-}
+missing=$(k8s_tools_missing)
+[[ -z $missing ]] || die "not installed (make setup installs them):
+$missing"
 
 kubeconform() {
     "$KUBECONFORM" -strict -summary -kubernetes-version "$KUBERNETES_VERSION" \
@@ -141,12 +40,6 @@ kubeconform() {
 }
 
 rules() { "$PYTHON" "$ROOT/scripts/check_k8s_rules.py" "$@"; }
-
-install_go_tool "$KUSTOMIZE" kustomize "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
-install_go_tool "$KUBECONFORM" kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
-build_promql_check
-install_kubernetes_validate
-build_schema_tree
 
 # 1-3: render, validate, check every overlay (and the base, which must stand on its own).
 rendered=()

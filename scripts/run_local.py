@@ -2,9 +2,12 @@
 
 Starts RabbitMQ, Redis and LiveKit (deploy/local/livekit.yaml), migrates and seeds the registry
 (SQLite), then the four services, the fake model server when no OpenAI key is set, the nginx
-gateway (deploy/local/nginx.conf, port 8080) and the console. Prints every program's output with its
+gateway (deploy/local/nginx.conf, port 8080) and the console: a production build
+(scripts/build-console.sh, made while the rest starts and reused while its sources stay the same),
+never `next dev`, which asks the npm registry for updates. Prints every program's output with its
 name in front, then the console URL and the demo login. Ctrl-C, SIGTERM or `make down` stops
-everything in reverse order. State (broker data, SQLite, generated secrets) lives in .local/.
+everything in reverse order, also while it is still starting. State (broker data, SQLite, generated
+secrets) lives in .local/.
 
 A program whose console script or files are not there yet is left out with a note, so the stack
 comes up with whatever parts exist.
@@ -89,18 +92,27 @@ def http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
+def write_private(path: Path, content: bytes) -> None:
+    """Write a file that only its owner may read, from the first byte on (no chmod afterwards)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(content)
+    partial.replace(path)
+
+
 def load_secrets() -> dict[str, str]:
     """Secrets for this clone's local run, made once and kept in .local/ (never committed)."""
     path = LOCAL / "secrets.env"
     if not path.exists():
-        LOCAL.mkdir(parents=True, exist_ok=True)
         values = {
             "LIVEKIT_API_KEY": f"APIlocal{secrets.token_hex(6)}",
             "LIVEKIT_API_SECRET": secrets.token_urlsafe(48),
             "TWILIO_AUTH_TOKEN": secrets.token_hex(32),
         }
-        path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-        path.chmod(0o600)
+        write_private(path, "".join(f"{key}={value}\n" for key, value in values.items()).encode())
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     return {key: value for key, value in pairs}
 
@@ -110,14 +122,14 @@ def jwt_private_key_file() -> Path:
     path = LOCAL / "jwt-private.pem"
     if not path.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        path.write_bytes(
+        write_private(
+            path,
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
-            )
+            ),
         )
-        path.chmod(0o600)
     return path
 
 
@@ -151,15 +163,22 @@ def service_environment(secret: dict[str, str], settings: LocalRunSettings) -> d
     }
 
 
-def livekit_config(node_ip: str | None) -> Path:
-    """deploy/local/livekit.yaml, or a copy of it in the state directory that announces `node_ip`
-    for media (LiveKit's --node-ip flag does not override the file's node_ip)."""
+def livekit_config(*, api_key: str, node_ip: str | None) -> Path:
+    """A copy of deploy/local/livekit.yaml in the state directory that names this clone's API key
+    for signing webhooks and, given `node_ip`, announces it for media (LiveKit's --node-ip flag does
+    not override the file's node_ip)."""
     source = ROOT / "deploy/local/livekit.yaml"
-    if node_ip is None:
-        return source
-    text, count = re.subn(r"(?m)^(\s+node_ip:).*$", rf"\g<1> {node_ip}", source.read_text())
-    if count != 1:
-        raise RuntimeError(f"{source} has {count} node_ip lines, expected one")
+    text = source.read_text()
+
+    def set_value(key: str, value: str) -> None:
+        nonlocal text
+        text, count = re.subn(rf"(?m)^(\s+{key}:).*$", lambda match: f"{match[1]} {value}", text)
+        if count != 1:
+            raise RuntimeError(f"{source} has {count} indented {key} lines, expected one")
+
+    set_value("api_key", api_key)
+    if node_ip is not None:
+        set_value("node_ip", node_ip)
     path = LOCAL / "livekit.yaml"
     path.write_text(text)
     return path
@@ -193,7 +212,11 @@ def infrastructure(secret: dict[str, str], *, livekit_node_ip: str | None = None
         ),
         Program(
             "livekit",
-            [str(LIVEKIT_BINARY), "--config", str(livekit_config(livekit_node_ip))],
+            [
+                str(LIVEKIT_BINARY),
+                "--config",
+                str(livekit_config(api_key=secret["LIVEKIT_API_KEY"], node_ip=livekit_node_ip)),
+            ],
             env={"LIVEKIT_KEYS": livekit_keys},
             ready=http_ok(f"http://{HOST}:{LIVEKIT_PORT}/"),
             essential=True,
@@ -201,8 +224,8 @@ def infrastructure(secret: dict[str, str], *, livekit_node_ip: str | None = None
     ]
 
 
-def services(env: dict[str, str], *, fake_models: bool, console: bool = True) -> list[Program]:
-    """The four services, the fake models, the gateway and the console: add new parts here."""
+def services(env: dict[str, str], *, fake_models: bool) -> list[Program]:
+    """The four services, the fake models and the gateway: add new parts here."""
     programs: list[Program] = []
 
     def add(script: str, program: Program) -> None:
@@ -217,7 +240,7 @@ def services(env: dict[str, str], *, fake_models: bool, console: bool = True) ->
             Program(
                 "fake-models",
                 [python, "-m", "agentline_common.testing.fake_openai", "--port", str(FAKE_MODELS_PORT)],
-                ready=lambda: port_in_use(FAKE_MODELS_PORT),
+                ready=http_ok(f"http://{HOST}:{FAKE_MODELS_PORT}/v1/models"),
             )
         )
     add(
@@ -268,23 +291,47 @@ def services(env: dict[str, str], *, fake_models: bool, console: bool = True) ->
                 ready=lambda: port_in_use(GATEWAY_PORT),
             )
         )
-    if console and (ROOT / "frontend/package.json").exists() and (ROOT / "frontend/node_modules").exists():
-        programs.append(
-            Program(
-                "console",
-                ["npm", "run", "dev", "--", "--hostname", HOST, "--port", str(CONSOLE_PORT)],
-                env={"NEXT_TELEMETRY_DISABLED": "1", "NEXT_PUBLIC_API_BASE_URL": ""},
-                cwd=ROOT / "frontend",
-                ready=lambda: port_in_use(CONSOLE_PORT),
-            )
-        )
     return programs
+
+
+def console_wanted() -> bool:
+    return (ROOT / "frontend/package.json").exists() and (ROOT / "frontend/node_modules").exists()
+
+
+def console(server: Path) -> Program:
+    """The console's production build (scripts/build-console.sh), served by its standalone server."""
+    return Program(
+        "console",
+        [shutil.which("node") or "node", str(server)],
+        env={
+            "NODE_ENV": "production",
+            "NEXT_TELEMETRY_DISABLED": "1",
+            "HOSTNAME": HOST,
+            "PORT": str(CONSOLE_PORT),
+        },
+        cwd=server.parent,
+        ready=http_ok(f"http://{HOST}:{CONSOLE_PORT}/login"),
+    )
+
+
+def ports(*, fake_models: bool, console: bool) -> list[int]:
+    """The TCP ports `make up` serves on, which nothing else may hold when it starts (Erlang's port
+    mapper may: RabbitMQ shares a running one)."""
+    wanted = [AMQP_PORT, REDIS_PORT, LIVEKIT_PORT, REGISTRY_PORT, TOKEN_PORT]
+    wanted += [TELEPHONY_PORT, WORKER_PORT, GATEWAY_PORT]
+    if fake_models:
+        wanted.append(FAKE_MODELS_PORT)
+    if console:
+        wanted.append(CONSOLE_PORT)
+    return wanted
 
 
 class Supervisor:
     def __init__(self) -> None:
         self.running: list[Program] = []
         self.stopping = asyncio.Event()
+        self.failed: str | None = None
+        """Why everything is stopping when it is not a stop request: an essential program died."""
         self._relays: set[asyncio.Task[None]] = set()
 
     async def start(self, program: Program, *, timeout: float = 120.0) -> None:
@@ -322,23 +369,50 @@ class Supervisor:
         if not self.stopping.is_set():
             print(f"[up] {program.name} exited with {code}", flush=True)
             if program.essential:
+                self.failed = f"{program.name} exited with {code}"
                 self.stopping.set()
 
-    async def run_once(self, name: str, argv: list[str], env: dict[str, str]) -> str:
-        """Run a one-shot command (migration, seeding); its output's last line is returned."""
+    async def run_once(self, name: str, argv: list[str], env: dict[str, str], *, stream: bool = False) -> str:
+        """Run a one-shot command (migration, seeding, the console's build); the last line of its
+        output is returned. With `stream`, its stderr is printed as it comes and only its stdout is
+        kept. Cancelled, it stops the command."""
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=ROOT,
             env={**os.environ, **env},
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=asyncio.subprocess.PIPE if stream else asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
-        output, _ = await process.communicate()
+        try:
+            if stream:
+                assert process.stdout is not None and process.stderr is not None
+                relay = asyncio.create_task(self._print_lines(name, process.stderr))
+                output = await process.stdout.read()
+                await relay
+                await process.wait()
+            else:
+                output, _ = await process.communicate()
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=10)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
         lines = output.decode(errors="replace").strip().splitlines()
         if process.returncode != 0:
             print("\n".join(f"[{name}] {line}" for line in lines), flush=True)
             raise RuntimeError(f"{name} failed with {process.returncode}")
         return lines[-1] if lines else ""
+
+    @staticmethod
+    async def _print_lines(name: str, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            print(f"[{name}] {line.decode(errors='replace').rstrip()}", flush=True)
 
     async def stop_all(self) -> None:
         self.stopping.set()
@@ -367,30 +441,23 @@ class Supervisor:
             await epmd.wait()
 
 
-async def main(
+async def start_everything(
+    supervisor: Supervisor,
     settings: LocalRunSettings,
     *,
-    livekit_node_ip: str | None = None,
-    ready_file: Path | None = None,
-    console: bool = True,
-) -> int:
-    busy = [
-        port
-        for port in (AMQP_PORT, REDIS_PORT, LIVEKIT_PORT, REGISTRY_PORT, TOKEN_PORT, GATEWAY_PORT)
-        if port_in_use(port)
-    ]
-    if busy:
-        print(f"[up] ports already in use: {busy} (is `make up` running? `make down` stops it)")
-        return 1
-    secret = load_secrets()
+    secret: dict[str, str],
+    livekit_node_ip: str | None,
+    with_console: bool,
+    ready_file: Path | None,
+) -> None:
+    """Start every program in order; the console is built meanwhile (minutes the first time)."""
     env = service_environment(secret, settings)
     fake_models = not settings.openai_api_key.get_secret_value()
-    supervisor = Supervisor()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, supervisor.stopping.set)
-    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
-    PID_FILE.write_text(str(os.getpid()))
+    build = None
+    if with_console:
+        build = asyncio.create_task(
+            supervisor.run_once("console-build", [str(ROOT / "scripts/build-console.sh")], {}, stream=True)
+        )
     try:
         await asyncio.gather(
             *(supervisor.start(p) for p in infrastructure(secret, livekit_node_ip=livekit_node_ip))
@@ -402,20 +469,76 @@ async def main(
             if settings.demo_password:
                 seed += ["--password", settings.demo_password]
             login = json.loads(await supervisor.run_once("registry-seed", seed, env))
-        for program in services(env, fake_models=fake_models, console=console):
+        for program in services(env, fake_models=fake_models):
             await supervisor.start(program)
-        print_banner(login, fake_models=fake_models)
-        if ready_file is not None:
-            # Written last and renamed into place, so a reader never sees half of it.
-            partial = ready_file.with_suffix(".partial")
-            partial.write_text(json.dumps(login or {}))
-            partial.replace(ready_file)
-        await supervisor.stopping.wait()
+        if build is not None:
+            if not build.done():
+                print("[up] waiting for the console's build", flush=True)
+            await supervisor.start(console(Path(await build)))
+    finally:
+        if build is not None:
+            build.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await build
+    print_banner(login, fake_models=fake_models)
+    if ready_file is not None:
+        # Written last and renamed into place, so a reader never sees half of it.
+        partial = ready_file.with_suffix(".partial")
+        partial.write_text(json.dumps(login or {}))
+        partial.replace(ready_file)
+
+
+async def main(
+    settings: LocalRunSettings,
+    *,
+    livekit_node_ip: str | None = None,
+    ready_file: Path | None = None,
+    console: bool = True,
+) -> int:
+    fake_models = not settings.openai_api_key.get_secret_value()
+    with_console = console and console_wanted()
+    busy = [port for port in ports(fake_models=fake_models, console=with_console) if port_in_use(port)]
+    if busy:
+        print(f"[up] ports already in use: {busy} (is `make up` running? `make down` stops it)")
+        return 1
+    secret = load_secrets()
+    supervisor = Supervisor()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.stopping.set)
+    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+    PID_FILE.write_text(str(os.getpid()))
+    startup = asyncio.create_task(
+        start_everything(
+            supervisor,
+            settings,
+            secret=secret,
+            livekit_node_ip=livekit_node_ip,
+            with_console=with_console,
+            ready_file=ready_file,
+        )
+    )
+    stop = asyncio.create_task(supervisor.stopping.wait())
+    try:
+        # A stop request (or an essential program's death) also ends a start-up still under way.
+        await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not startup.done():
+            print("[up] stopping before everything started", flush=True)
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await startup
+        else:
+            startup.result()
+            await stop
+        if supervisor.failed:
+            print(f"[up] FAILED: {supervisor.failed}", flush=True)
+            return 1
         return 0
     except RuntimeError as error:
         print(f"[up] FAILED: {error}", flush=True)
         return 1
     finally:
+        stop.cancel()
         await supervisor.stop_all()
         PID_FILE.unlink(missing_ok=True)
 
@@ -457,7 +580,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--no-console",
         action="store_true",
-        help="leave the console out (scripts/e2e-stack.sh serves a production build of it instead)",
+        help="leave the console out (its build and server)",
     )
     args = parser.parse_args()
     LOCAL = args.state_dir.resolve()
