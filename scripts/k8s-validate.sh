@@ -71,7 +71,6 @@ patches:
   - target: {kind: Deployment, name: agent-worker}
     patch: |-
       - {op: replace, path: /spec/template/spec/terminationGracePeriodSeconds, value: 30}
-      - {op: remove, path: /spec/template/spec/containers/0/lifecycle}
   - target: {kind: Deployment, name: token-service}
     patch: |-
       - {op: remove, path: /spec/template/spec/containers/0/readinessProbe}
@@ -98,7 +97,7 @@ if rules manifests "$WORK/broken.yaml" >"$WORK/broken.out"; then
 fi
 for expected in \
     "Deployment/agent-worker: terminationGracePeriodSeconds 30 < 600" \
-    "Deployment/agent-worker: no preStop hook" \
+    "Deployment/agent-worker: drain 840s does not fit in terminationGracePeriodSeconds 30" \
     "container token-service: no readinessProbe" \
     "container token-service: no cpu in resources.limits" \
     "container telephony-gateway: runAsNonRoot is not true" \
