@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from agentline_common.testing.servers import free_port
 from agentline_registry.app import create_app
 from agentline_registry.database import create_engine, migrate, session_factory
 from agentline_registry.runtime import Runtime
@@ -88,10 +90,26 @@ class RunningApp:
     runtime: Runtime
 
 
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port where TCP connections are accepted (by the kernel) and nothing ever answers:
+    a server that hangs, which a client must bound with its own timeout."""
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port), backlog=64):
+        yield port
+
+
 @asynccontextmanager
 async def running_app(settings: RegistrySettings) -> AsyncIterator[RunningApp]:
     """The app migrated and started (lifespan run), with an in-process HTTP client."""
     await asyncio.to_thread(migrate, settings.database_url)
+    async with started_app(settings) as running:
+        yield running
+
+
+@asynccontextmanager
+async def started_app(settings: RegistrySettings) -> AsyncIterator[RunningApp]:
+    """The app started (lifespan run) without migrating: its database may be unreachable."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -445,7 +445,7 @@ async def test_operational_endpoints(world: World) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
     await client.get(f"/api/v1/agents/{world.agent_id}", headers=world.owner.headers)
     metrics = (await client.get("/metrics")).text
     histogram = [

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 from agentline_registry import service
 from agentline_registry.credentials import SigningKey
 from agentline_registry.database import create_engine, session_factory
+from agentline_registry.tables import OUTBOX
+from sqlalchemy import select
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +122,33 @@ async def test_duplicate_email_is_refused(cli: Cli) -> None:
     code, _, stderr = await cli.run("create-user", "--email", "DUP@example.test")
     assert code != 0
     assert "email" in stderr and "already exists" in stderr
+
+
+async def test_create_org_with_an_unknown_owner_names_it_and_exits_2(cli: Cli) -> None:
+    owner = "00000000-0000-0000-0000-000000000001"
+    code, _, stderr = await cli.run("create-org", "--name", "Acme", "--owner", owner)
+    assert code == 2
+    assert f"no user with id {owner}" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_seed_demo_reactivates_its_agent_and_announces_it(cli: Cli) -> None:
+    seeded = await cli.ok("seed-demo")
+    engine = create_engine(cli.database_url)
+    try:
+        async with session_factory(engine)() as db:
+            await service.set_active(
+                db, actor=uuid.UUID(seeded["user_id"]), agent_id=uuid.UUID(seeded["agent_id"]), active=False
+            )
+            await db.commit()
+        await cli.ok("seed-demo")
+        async with session_factory(engine)() as db:
+            agent = await service.get_agent(
+                db, actor=uuid.UUID(seeded["user_id"]), agent_id=uuid.UUID(seeded["agent_id"])
+            )
+            announced = (await db.execute(select(OUTBOX.c.body))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert agent.active
+    changes = [json.loads(body)["data"]["change"] for body in announced]
+    assert sorted(changes) == ["created", "updated", "updated"]

@@ -20,6 +20,7 @@ from agentline_common.events import (
     TurnMetrics,
 )
 from agentline_common.rooms import new_test_room
+from agentline_registry.app import integrity_detail
 from agentline_registry.schemas import AgentCreate, AgentUpdate
 from agentline_registry.service import (
     SessionRecord,
@@ -30,6 +31,7 @@ from agentline_registry.service import (
 )
 from agentline_registry.tables import Agent
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 pytestmark = pytest.mark.unit
 
@@ -189,3 +191,16 @@ def test_agent_config_is_the_lookup_contract() -> None:
     assert config.org_id == agent.org_id
     assert config.tools[0].name == "lookup"
     assert config.phone_numbers == ["+14155550100"]
+
+
+@pytest.mark.parametrize(
+    ("driver_message", "says"),
+    [
+        ("FOREIGN KEY constraint failed", "deleted meanwhile"),
+        ('insert or update on table "memberships" violates foreign key constraint "fk"', "deleted meanwhile"),
+        ("UNIQUE constraint failed: agents.name", "conflicts with a concurrent one"),
+    ],
+)
+def test_an_integrity_error_says_which_kind_of_conflict_it_was(driver_message: str, says: str) -> None:
+    error = IntegrityError("INSERT ...", {}, Exception(driver_message))
+    assert says in integrity_detail(error)

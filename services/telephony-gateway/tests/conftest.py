@@ -22,11 +22,13 @@ import uvicorn
 from agentline_common.bus import Bus
 from agentline_common.events import Event
 from agentline_common.processed_events import InMemoryProcessedEvents
+from agentline_common.testing.servers import free_port
 from agentline_common.testing.twilio import PUBLIC_BASE_URL
 from agentline_telephony.app import create_app
 from agentline_telephony.settings import TelephonySettings
 from fastapi import FastAPI
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 from twilio.request_validator import RequestValidator
 
 BROKER_WAIT_SECONDS = 10.0
@@ -154,6 +156,72 @@ async def start_gateway(tmp_path: Path, amqp_url: str, redis_url: str) -> AsyncI
 
         yield start
         await asyncio.sleep(0)
+
+
+class FaultyLink:
+    """A TCP relay to a real server that can be made to stall (connections accepted, nothing passed
+    on either way) or to refuse (nothing listening, open connections cut): a database that hangs, or
+    one that is down, at will, without stopping the shared server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self.stalled = False
+        self._closed = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._relays: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def refuse(self) -> None:
+        self._closed.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.append(client_writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        with contextlib.suppress(OSError):  # a connection cut by `refuse`
+            if self.stalled:
+                await self._closed.wait()
+                return
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+            self._writers.append(server_writer)
+            await asyncio.gather(
+                self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer)
+            )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not self._closed.is_set() and (data := await reader.read(65536)):
+            if self.stalled:
+                await self._closed.wait()
+                return
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def faulty_postgres(postgres_database: str) -> AsyncIterator[tuple[FaultyLink, SecretStr]]:
+    """A fresh PostgreSQL database reached through a `FaultyLink`, and the URL that goes through it."""
+    url = make_url(postgres_database)
+    assert url.host is not None and url.port is not None
+    link = FaultyLink(url.host, url.port)
+    await link.start()
+    try:
+        yield link, SecretStr(url.set(port=link.port).render_as_string(hide_password=False))
+    finally:
+        await link.refuse()
 
 
 @pytest.fixture

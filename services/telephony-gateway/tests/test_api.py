@@ -13,7 +13,7 @@ import hmac
 import shutil
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,11 +21,11 @@ import pytest
 from agentline_common.testing.servers import RabbitMQServer, free_port, make_base_dir
 from agentline_common.testing.twilio import PUBLIC_BASE_URL, incoming_form, status_form
 from agentline_telephony import twiml
-from agentline_telephony.api import INCOMING_PATH, STATUS_PATH
+from agentline_telephony.api import INCOMING_PATH, MAX_BODY_BYTES, STATUS_PATH
 from pydantic import SecretStr
 from twilio.request_validator import RequestValidator
 
-from .conftest import GatewayFactory, RunningGateway
+from .conftest import FaultyLink, GatewayFactory, RunningGateway
 
 pytestmark = pytest.mark.integration
 
@@ -240,15 +240,56 @@ async def test_the_openapi_document_lists_both_webhooks_with_their_signed_form(
         assert [parameter["name"] for parameter in operation["parameters"]] == ["X-Twilio-Signature"]
 
 
-async def test_readiness_fails_fast_without_redis(start_gateway: GatewayFactory) -> None:
+async def test_redis_down_is_reported_but_the_gateway_stays_ready_and_answers(
+    start_gateway: GatewayFactory, unique_number: str
+) -> None:
+    """A webhook needs no Redis (look-ups go to the registry, answers are computed anew), so a Redis
+    outage must not take the gateway out of service: Twilio would get a 503 instead of TwiML."""
     gateway = await start_gateway(redis_url=SecretStr(f"redis://127.0.0.1:{free_port()}/0"))
 
     started = time.monotonic()
     ready = await gateway.client.get(f"{gateway.base_url}/readyz")
+    probe_seconds = time.monotonic() - started
+    webhook = await gateway.post(INCOMING_PATH, incoming_form(unique_number))
 
+    assert ready.status_code == 200
+    assert ready.json() == {"database": "ok", "redis": "unavailable", "broker": "ok"}
+    assert probe_seconds < 5
+    assert webhook.status_code == 200
+    assert webhook.headers["content-type"].startswith("text/xml")
+
+
+async def test_metrics_answer_while_the_database_refuses_connections(
+    start_gateway: GatewayFactory, faulty_postgres: tuple[FaultyLink, SecretStr]
+) -> None:
+    link, database_url = faulty_postgres
+    gateway = await start_gateway(telephony_database_url=database_url)
+    await link.refuse()
+
+    metrics = await gateway.client.get(f"{gateway.base_url}/metrics")
+    ready = await gateway.client.get(f"{gateway.base_url}/readyz")
+
+    assert metrics.status_code == 200
+    assert "agentline_telephony_outbox_publish_failures" in metrics.text
     assert ready.status_code == 503
-    assert ready.json()["redis"] == "unavailable"
-    assert time.monotonic() - started < 5
+    assert ready.json()["database"] == "unavailable"
+
+
+async def test_a_body_larger_than_any_twilio_form_is_refused_unread(start_gateway: GatewayFactory) -> None:
+    gateway = await start_gateway()
+    url = f"{gateway.base_url}{INCOMING_PATH}"
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"}
+    oversized = b"a=" + b"b" * MAX_BODY_BYTES
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: sent chunked
+        for start in range(0, len(oversized), 8192):
+            yield oversized[start : start + 8192]
+
+    declared = await gateway.client.post(url, content=oversized, headers=headers)
+    chunked = await gateway.client.post(url, content=streamed(), headers=headers)
+
+    assert declared.status_code == chunked.status_code == 413
+    assert "larger than 65536 bytes" in declared.json()["detail"]
 
 
 async def readiness_once(

@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 from agentline_common.bus import Bus
 from agentline_common.events import SessionEnded, SessionRequested, phone_session_id
+from agentline_common.registry_client import agent_key, number_key
 from agentline_common.testing.services import RegistryService, Tenant, random_e164
 from agentline_common.testing.twilio import incoming_form, status_form
 from agentline_telephony import twiml
 from agentline_telephony.api import INCOMING_PATH, STATUS_PATH
 from pydantic import SecretStr
+from redis.asyncio import Redis
 from sqlalchemy import text
 
-from .conftest import GatewayFactory, RunningGateway, watch_events
+from .conftest import FaultyLink, GatewayFactory, RunningGateway, watch_events
 
 pytestmark = pytest.mark.integration
 
@@ -263,3 +265,67 @@ async def test_outbox_unwritable_still_gets_twiml_and_no_bridge(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
     assert said(response.text) == twiml.UNAVAILABLE_MESSAGE
+
+
+async def forget_cached_lookups(gateway: RunningGateway, redis_url: str, owner: Tenant) -> None:
+    """What the look-up caches' TTL does after a minute: Redis and the process forget the agent."""
+    assert owner.number is not None
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.delete(number_key(owner.number), agent_key(owner.agent_id))
+    finally:
+        await redis.aclose()
+    gateway.app.state.gateway.registry.clear_local_cache()
+
+
+async def test_broker_down_past_the_lookup_cache_still_bridges_a_number_answered_before(
+    start_gateway: GatewayFactory,
+    running_registry: RegistryService,
+    registry_bus: Bus,
+    rabbitmq: Any,
+    redis_url: str,
+) -> None:
+    """SPEC: the caller is never dropped because the bus is down, also once the one-minute look-up
+    cache has lapsed: the number's last known agent answers, and the session is published later."""
+    owner = await tenant(running_registry)
+    assert owner.number is not None
+    gateway = await gateway_for(start_gateway, running_registry)
+    events = await watch_events(registry_bus, ["session.requested"])
+    first = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
+    await events.wait_for(1)
+    form = incoming_form(owner.number)
+
+    await asyncio.to_thread(rabbitmq.stop)
+    try:
+        await forget_cached_lookups(gateway, redis_url, owner)
+        response = await gateway.post(INCOMING_PATH, form)
+        metrics = await gateway.client.get(f"{gateway.base_url}/metrics")
+    finally:
+        await asyncio.to_thread(rabbitmq.start)
+
+    assert dialled_uri(first.text) == dialled_uri(response.text) == f"sip:{owner.number}@127.0.0.1:5060"
+    assert "agentline_telephony_lookups_answered_stale 1.0" in metrics.text
+    seen = await events.wait_for(2, timeout=90)
+    assert phone_session_id(form["CallSid"]) in {event.session_id for event in seen}
+
+
+async def test_a_database_that_stops_answering_still_gets_twiml_within_seconds(
+    start_gateway: GatewayFactory,
+    running_registry: RegistryService,
+    faulty_postgres: tuple[FaultyLink, SecretStr],
+) -> None:
+    """PostgreSQL accepts connections but never replies: Twilio must still get our TwiML well
+    before it gives up (15 s), not its own error, and the caller is not bridged on a lost event."""
+    owner = await tenant(running_registry)
+    assert owner.number is not None
+    link, database_url = faulty_postgres
+    gateway = await gateway_for(start_gateway, running_registry, telephony_database_url=database_url)
+    link.stall()
+
+    started = time.monotonic()
+    response = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert said(response.text) == twiml.UNAVAILABLE_MESSAGE
+    assert elapsed < 10, f"took {elapsed:.1f} s"

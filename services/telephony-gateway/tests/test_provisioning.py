@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from agentline_common.testing.servers import free_port
 from agentline_telephony.provisioning import CALL_SID_ATTRIBUTE, SipPlan, provision_sip
 from livekit.api import LiveKitAPI
 from livekit.protocol.sip import (
@@ -154,3 +155,25 @@ def test_the_console_script_refuses_a_number_that_is_not_e164(livekit_server: An
 
     assert run.returncode == 2
     assert "--number" in run.stderr and "E.164" in run.stderr
+
+
+def test_the_console_script_says_when_livekit_cannot_be_reached() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "LIVEKIT_URL": url,
+        "LIVEKIT_API_KEY": "key",
+        "LIVEKIT_API_SECRET": "s" * 32,
+        "PATH": "/usr/bin:/bin",
+    }
+
+    run = subprocess.run(
+        [sys.executable, "-m", "agentline_telephony", "provision-sip", "--number", "+15551234567"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 1
+    assert f"LiveKit at {url} did not provision the SIP trunk" in run.stderr
+    assert "Traceback" not in run.stderr

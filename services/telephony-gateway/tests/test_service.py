@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import xml.etree.ElementTree as ET
 from datetime import timedelta
@@ -76,6 +77,9 @@ class FakeCalls:
         self.outbox: list[object] = []
         self.down = False
         """While True, storing an event fails as a database that does not answer would."""
+        self.silent = False
+        """While True, storing an event never finishes, as with a database that accepts connections
+        and never replies."""
 
     async def answer_of(self, call_sid: str) -> str | None:
         return self.answers.get(call_sid)
@@ -85,8 +89,8 @@ class FakeCalls:
             return answer.twiml
         if call.call_sid in self.answers:
             return self.answers[call.call_sid]
-        if self.down and answer.event is not None:
-            raise CallStoreUnavailable("database is down")
+        if answer.event is not None:
+            await self._store_event()
         self.answers[call.call_sid] = answer.twiml
         if answer.event is not None and answer.agent is not None:
             self.sessions[call.call_sid] = CallSession(answer.agent.id, answer.agent.org_id)
@@ -97,13 +101,18 @@ class FakeCalls:
         return self.sessions.get(call_sid)
 
     async def end_unreached(self, event: SessionEnded) -> bool:
-        if self.down:
-            raise CallStoreUnavailable("database is down")
+        await self._store_event()
         if event.id in self.ended:
             return False
         self.ended.add(event.id)
         self.outbox.append(event)
         return True
+
+    async def _store_event(self) -> None:
+        if self.down:
+            raise CallStoreUnavailable("database is down")
+        if self.silent:
+            await asyncio.Event().wait()
 
 
 async def answer(form: dict[str, str], lookup: FakeLookup, calls: FakeCalls) -> Answer:
@@ -223,6 +232,43 @@ async def test_store_down_still_answers_a_failed_call_callback() -> None:
     reply, ended = await service.handle_status(
         {**form, "CallStatus": "in-progress", "DialCallStatus": "busy"}, calls=calls
     )
+
+    assert not ended
+    assert said(reply) == twiml.DIAL_FAILED_MESSAGE
+
+
+async def test_a_store_that_never_answers_is_treated_as_down_after_the_deadline() -> None:
+    number = "+15551230010"
+    calls = FakeCalls()
+    form = twilio_form(number)
+    calls.silent = True
+
+    async with asyncio.timeout(10):  # a no-hang check: the deadline below is 0.05 s
+        down = await service.answer_incoming(
+            form,
+            lookup=FakeLookup({number: make_agent(number)}),
+            calls=calls,
+            target=TARGET,
+            ttl=TTL,
+            store_deadline=0.05,
+        )
+
+    assert down.outcome is Outcome.STORE_UNAVAILABLE
+    assert said(down.twiml) == twiml.UNAVAILABLE_MESSAGE
+    assert calls.answers == {}
+
+
+async def test_a_store_that_never_answers_still_lets_a_failed_call_callback_answer() -> None:
+    number = "+15551230011"
+    calls = FakeCalls()
+    form = twilio_form(number)
+    await answer(form, FakeLookup({number: make_agent(number)}), calls)
+    calls.silent = True
+
+    async with asyncio.timeout(10):
+        reply, ended = await service.handle_status(
+            {**form, "CallStatus": "in-progress", "DialCallStatus": "busy"}, calls=calls, store_deadline=0.05
+        )
 
     assert not ended
     assert said(reply) == twiml.DIAL_FAILED_MESSAGE

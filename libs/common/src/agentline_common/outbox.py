@@ -29,7 +29,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from agentline_common.bus import Bus, PublishError
@@ -76,6 +75,16 @@ def outbox_row(event: Event) -> dict[str, object]:
 async def add_to_outbox(db: AsyncSession | AsyncConnection, table: Table, event: Event) -> None:
     """Write `event` in the caller's transaction; it is published only if that transaction commits."""
     await db.execute(insert(table).values(**outbox_row(event)))
+
+
+MAX_RETRY_SECONDS = 10.0
+
+
+def retry_delay(poll_seconds: float, failed_in_a_row: int) -> float:
+    """The wait before the next pass: the poll interval, doubled for each pass that failed in a row
+    (a database that is down is not asked many times a second), at most `MAX_RETRY_SECONDS`."""
+    growth = 2.0 ** min(failed_in_a_row, 16)
+    return min(poll_seconds * growth, max(poll_seconds, MAX_RETRY_SECONDS))
 
 
 class OutboxRelay:
@@ -175,19 +184,36 @@ class OutboxRelay:
             await connection.execute(delete(self._table).where(self._table.c.sent_at < cutoff))
 
     async def _run(self) -> None:
+        """Relay until stopped, whatever fails on the way.
+
+        A pass can fail in many ways besides a SQLAlchemy error: asyncpg raises a bare
+        ConnectionRefusedError while PostgreSQL refuses connections, a connect can time out. Any of
+        them ending this task would leave the committed events unsent until a restart, so every
+        failure is logged and retried, the waits growing while it lasts (`retry_delay`). A `wake()`
+        ends the wait early: it follows a commit, so the database is back.
+        """
         passes = 0
+        failed_in_a_row = 0
         while not self._stopping:
             try:
                 await self.relay_once()
                 passes += 1
                 if passes % 600 == 0:
                     await self.purge_sent()
-            except SQLAlchemyError as error:
-                log.warning("outbox.database_unavailable", error=type(error).__name__)
+                failed_in_a_row = 0
+            except Exception as error:
+                failed_in_a_row += 1
+                log.warning(
+                    "outbox.relay_failed",
+                    error=type(error).__name__,
+                    detail=str(error)[:300],
+                    failed_in_a_row=failed_in_a_row,
+                )
             if self._stopping:
                 return
+            delay = retry_delay(self._poll_seconds, failed_in_a_row)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+                await asyncio.wait_for(self._wakeup.wait(), delay)
             self._wakeup.clear()
 
     async def _unsent_batch(self) -> list[tuple[object, str, str | None]]:

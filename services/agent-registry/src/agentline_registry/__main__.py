@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agentline_common.auth import Role
 from agentline_common.logging import configure_logging
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentline_registry import service
 from agentline_registry.credentials import new_password
 from agentline_registry.database import create_engine, migrate, session_factory
-from agentline_registry.schemas import AgentCreate, PhoneNumberCreate
+from agentline_registry.schemas import AgentCreate, OrgCreate, PhoneNumberCreate
 from agentline_registry.settings import RegistrySettings
 
 
@@ -95,10 +95,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()
         )
-        sys.exit(f"invalid input: {problems}")
+        _refuse(f"invalid input: {problems}")
     except (service.NotFound, service.Conflict, service.Forbidden, ValueError) as error:
-        sys.exit(f"error: {error}")
+        _refuse(f"error: {error}")
     _print(result)
+
+
+def _refuse(message: str) -> NoReturn:
+    """Exit with status 2, as argparse does for bad usage: the input, not the system, is at fault."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def _serve(settings: RegistrySettings, *, host: str | None, port: int | None) -> None:
@@ -125,7 +131,7 @@ async def _in_transaction(
 
 
 async def _create_org(db: AsyncSession, args: argparse.Namespace) -> dict[str, Any]:
-    name = AgentCreate.model_validate({"name": args.name}).name
+    name = OrgCreate.model_validate({"name": args.name}).name
     if args.owner is None:
         raise ValueError("--owner: give the user id of the organisation's first owner")
     org = await service.create_org(db, owner=args.owner, name=name)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentline_registry import repository, service
@@ -323,18 +324,40 @@ async def healthz() -> dict[str, str]:
 
 @operations.get("/readyz", tags=["operations"])
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Readiness: the database answers within 2 s and the broker connection is open."""
-    checks = {"database": "ok", "broker": "ok" if runtime.bus.is_connected else "unavailable"}
-    try:
-        async with asyncio.timeout(READINESS_TIMEOUT), runtime.sessions() as db:
-            await repository.ping(db)
-    except (TimeoutError, SQLAlchemyError, OSError):
-        checks["database"] = "unavailable"
+    """Readiness: the database and Redis answer within 2 s and the broker connection is open.
+
+    Redis counts because the session-log consumer records the events it has processed there: without
+    it every session event is retried, and the call log stops moving.
+    """
+    database, redis = await asyncio.gather(_database_check(runtime), _redis_check(runtime))
+    checks = {
+        "database": database,
+        "redis": redis,
+        "broker": "ok" if runtime.bus.is_connected else "unavailable",
+    }
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
     )
+
+
+async def _database_check(runtime: Runtime) -> str:
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT), runtime.sessions() as db:
+            await repository.ping(db)
+    except (TimeoutError, SQLAlchemyError, OSError):
+        return "unavailable"
+    return "ok"
+
+
+async def _redis_check(runtime: Runtime) -> str:
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT):
+            await runtime.redis.ping()
+    except (RedisError, OSError):  # OSError includes TimeoutError
+        return "unavailable"
+    return "ok"
 
 
 @operations.get("/metrics", tags=["operations"], response_class=Response)

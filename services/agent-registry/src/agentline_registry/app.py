@@ -10,7 +10,7 @@ from agentline_common.http import ObservedRequests
 from agentline_common.rooms import InvalidPhoneNumber
 from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from agentline_registry import service
 from agentline_registry.api import NotAuthenticated, operations, router
@@ -19,6 +19,9 @@ from agentline_registry.runtime import bootstrap, shutdown
 from agentline_registry.settings import RegistrySettings
 
 log = structlog.get_logger()
+
+DATABASE_UNAVAILABLE = "the database is unavailable; retry shortly"
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
@@ -51,6 +54,14 @@ def _detail(status_code: int, detail: str, headers: dict[str, str] | None = None
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
+def integrity_detail(error: Exception) -> str:
+    """What a constraint the service's own checks did not foresee means to the client: a row it
+    refers to was deleted meanwhile (foreign key), or a concurrent change took the same value."""
+    if "foreign key" in str(getattr(error, "orig", error)).lower():
+        return "the change refers to something deleted meanwhile; reload and retry"
+    return "the change conflicts with a concurrent one; retry"
+
+
 def _map_errors(app: FastAPI) -> None:
     async def not_found(_: Request, error: Exception) -> Response:
         return _detail(status.HTTP_404_NOT_FOUND, str(error))
@@ -69,7 +80,22 @@ def _map_errors(app: FastAPI) -> None:
 
     async def integrity(_: Request, error: Exception) -> Response:
         log.warning("registry.integrity_conflict", error=type(error).__name__)
-        return _detail(status.HTTP_409_CONFLICT, "the change conflicts with a concurrent one; retry")
+        return _detail(status.HTTP_409_CONFLICT, integrity_detail(error))
+
+    async def database_unavailable(request: Request, error: Exception) -> Response:
+        # Any database failure that is not the request's fault (refused, timed out, dropped; asyncpg
+        # raises a bare OSError or TimeoutError for those): a 503 the client can retry, not a 500.
+        log.warning(
+            "registry.database_unavailable",
+            route=request.url.path,
+            error=type(error).__name__,
+            detail=str(error)[:300],
+        )
+        return _detail(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            DATABASE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
 
     app.add_exception_handler(service.NotFound, not_found)
     app.add_exception_handler(service.Forbidden, forbidden)
@@ -78,3 +104,6 @@ def _map_errors(app: FastAPI) -> None:
     app.add_exception_handler(NotAuthenticated, unauthenticated)
     app.add_exception_handler(InvalidPhoneNumber, bad_number)
     app.add_exception_handler(IntegrityError, integrity)
+    # OSError covers asyncpg's refused connections and every TimeoutError (one of its subclasses).
+    for unavailable in (SQLAlchemyError, OSError):
+        app.add_exception_handler(unavailable, database_unavailable)

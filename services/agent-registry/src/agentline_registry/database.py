@@ -11,13 +11,22 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+CONNECT_TIMEOUT_SECONDS = 3.0
+"""Bound on opening a PostgreSQL connection: asyncpg's own default (60 s) held every request that long
+while the server accepted connections but did not answer."""
+POOL_TIMEOUT_SECONDS = 5.0
+"""Bound on waiting for a pooled connection (SQLAlchemy's default is 30 s)."""
+
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine; on SQLite, foreign keys on and a busy timeout so writers queue, not fail."""
+    """An async engine whose waits are bounded; on SQLite, foreign keys on and a busy timeout so
+    writers queue, not fail."""
     is_sqlite = database_url.startswith("sqlite")
-    options: dict[str, Any] = {"pool_pre_ping": not is_sqlite}
-    if is_sqlite:
-        options["connect_args"] = {"timeout": 15}
+    options: dict[str, Any] = {"connect_args": {"timeout": 15}}
+    if not is_sqlite:
+        options = {"pool_pre_ping": True, "pool_timeout": POOL_TIMEOUT_SECONDS}
+        if database_url.startswith("postgresql+asyncpg"):
+            options["connect_args"] = {"timeout": CONNECT_TIMEOUT_SECONDS}
     engine = create_async_engine(database_url, **options)
     if is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

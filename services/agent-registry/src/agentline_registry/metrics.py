@@ -36,6 +36,11 @@ class RegistryMetrics:
             "Sessions in the call log whose status is active.",
             registry=self.registry,
         )
+        self.session_sweep_failures = Counter(
+            "agentline_registry_session_sweep_failures_total",
+            "Passes of the session-expiry sweep that failed (database down or failing); the sweep goes on.",
+            registry=self.registry,
+        )
         self.sessions_expired = Counter(
             "agentline_registry_sessions_expired_total",
             "Requested sessions that never started and were marked expired.",

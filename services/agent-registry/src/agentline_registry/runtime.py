@@ -26,6 +26,9 @@ from agentline_registry.tables import OUTBOX
 
 log = structlog.get_logger()
 
+GAUGE_TIMEOUT_SECONDS = 2.0
+"""Bound on reading the gauges for /metrics, so a silent database does not hold the scrape."""
+
 
 @dataclass
 class Runtime:
@@ -40,30 +43,41 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def refresh_gauges(self) -> None:
+        """Update the gauges read from the database; with the database down (refused, timed out,
+        failing) they keep their last values, so /metrics still answers and says what it can."""
         self.metrics.outbox_published.set(self.relay.published)
         self.metrics.outbox_publish_failures.set(self.relay.failures)
         try:
-            self.metrics.outbox_pending.set(await self.relay.pending())
-            async with self.sessions() as db:
-                active = await repository.count_sessions_with_status(db, "active")
+            async with asyncio.timeout(GAUGE_TIMEOUT_SECONDS):
+                self.metrics.outbox_pending.set(await self.relay.pending())
+                async with self.sessions() as db:
+                    active = await repository.count_sessions_with_status(db, "active")
             self.metrics.sessions_active.set(active)
-        except SQLAlchemyError:
-            log.warning("metrics.database_unavailable")
+        except (SQLAlchemyError, OSError) as error:  # OSError: refusals and TimeoutError
+            log.warning("metrics.database_unavailable", error=type(error).__name__)
 
     async def sweep_sessions_forever(self) -> None:
-        """Expire sessions requested but never started within the token lifetime."""
-        lifetime = timedelta(seconds=self.settings.session_expiry_seconds)
+        """Expire sessions requested but never started within the token lifetime.
+
+        Any failure of a pass (asyncpg's bare ConnectionRefusedError included) is logged and the
+        next pass runs as usual: ending the task would stop expiring sessions until a restart.
+        """
         while True:
             try:
-                async with self.sessions() as db:
-                    expired = await service.expire_stale_sessions(
-                        db, now=datetime.now(UTC), default_lifetime=lifetime
-                    )
-                    await db.commit()
-                self.metrics.sessions_expired.inc(expired)
-            except SQLAlchemyError as error:
-                log.warning("session.sweep_failed", error=type(error).__name__)
+                await self.sweep_sessions_once()
+            except Exception as error:
+                self.metrics.session_sweep_failures.inc()
+                log.warning("session.sweep_failed", error=type(error).__name__, detail=str(error)[:300])
             await asyncio.sleep(self.settings.session_sweep_interval_seconds)
+
+    async def sweep_sessions_once(self) -> None:
+        lifetime = timedelta(seconds=self.settings.session_expiry_seconds)
+        async with self.sessions() as db:
+            expired = await service.expire_stale_sessions(
+                db, now=datetime.now(UTC), default_lifetime=lifetime
+            )
+            await db.commit()
+        self.metrics.sessions_expired.inc(expired)
 
 
 async def _connect_bus(settings: RegistrySettings) -> Bus:

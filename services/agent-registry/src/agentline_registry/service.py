@@ -161,6 +161,10 @@ async def set_password(db: AsyncSession, *, user: User, password: str) -> None:
 
 
 async def create_org(db: AsyncSession, *, owner: uuid.UUID, name: str) -> OrgRead:
+    """A new organisation with `owner` as its first owner; NotFound when no such user exists (said
+    here, not left to the membership's foreign key, whose error names no culprit)."""
+    if await repository.get_user(db, owner) is None:
+        raise NotFound(f"no user with id {owner}")
     org = Org(name=name)
     await repository.add(db, org)
     await repository.add(db, Membership(org_id=org.id, user_id=owner, role=Role.OWNER.value))
@@ -596,10 +600,7 @@ async def seed_demo(db: AsyncSession, *, password: str) -> dict[str, str]:
     else:
         agent_id = agent.id
         if not agent.active:
-            agent.active = True
-            agent.updated_at = datetime.now(UTC)
-            await repository.add(db, agent)
-            await _announce(db, agent, "updated", numbers=await _numbers(db, agent.id))
+            await set_active(db, actor=user.id, agent_id=agent_id, active=True)
     return {
         "email": DEMO_EMAIL,
         "password": password,

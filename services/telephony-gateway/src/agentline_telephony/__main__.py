@@ -11,7 +11,7 @@ from dataclasses import asdict
 from agentline_common.http import serve
 from agentline_common.logging import configure_logging
 from agentline_common.rooms import InvalidPhoneNumber
-from livekit.api import LiveKitAPI
+from livekit.api import LiveKitAPI, TwirpError
 
 from agentline_telephony.app import create_app
 from agentline_telephony.provisioning import plan_from_settings, provision_sip
@@ -52,8 +52,12 @@ async def _provision(settings: TelephonySettings, args: argparse.Namespace) -> i
     except InvalidPhoneNumber as error:
         print(f"--number: {error}", file=sys.stderr)
         return 2
-    async with LiveKitAPI(settings.livekit_url, key.get_secret_value(), secret.get_secret_value()) as api:
-        result = await provision_sip(api, plan)
+    try:
+        async with LiveKitAPI(settings.livekit_url, key.get_secret_value(), secret.get_secret_value()) as api:
+            result = await provision_sip(api, plan)
+    except (OSError, TwirpError) as error:  # unreachable or timed out (OSError), or refused by LiveKit
+        print(f"LiveKit at {settings.livekit_url} did not provision the SIP trunk: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(asdict(result)))
     return 0
 

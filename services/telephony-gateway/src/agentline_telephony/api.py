@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 import structlog
 from agentline_common.bus import Bus
-from agentline_common.http import metrics_response
+from agentline_common.http import metrics_response, read_body
 from agentline_common.outbox import OutboxRelay
 from agentline_common.registry_client import RegistryClient
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -31,8 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.request_validator import RequestValidator
 
 from agentline_telephony import service
+from agentline_telephony.last_known import LastKnownAgents
 from agentline_telephony.metrics import GatewayMetrics
-from agentline_telephony.repository import CallStore
+from agentline_telephony.repository import RedisOutboxCallStore
 from agentline_telephony.twiml import TWIML_MEDIA_TYPE, SipTarget
 
 log = structlog.get_logger()
@@ -40,6 +41,9 @@ log = structlog.get_logger()
 SIGNATURE_HEADER = "X-Twilio-Signature"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 200
+MAX_BODY_BYTES = 64 * 1024
+"""Twilio's webhook forms are a few hundred bytes; anything far larger is not Twilio, and is refused
+before it is read into memory (the signature can only be checked once the body is read)."""
 READINESS_TIMEOUT = 1.0
 
 _STRING = {"type": "string"}
@@ -76,7 +80,9 @@ class Gateway:
     target: SipTarget
     session_ttl: timedelta
     registry: RegistryClient
-    calls: CallStore
+    lookup: LastKnownAgents
+    """The registry client, falling back on each number's last known agent when it cannot answer."""
+    calls: RedisOutboxCallStore
     relay: OutboxRelay
     bus: Bus
     redis: Redis
@@ -143,9 +149,9 @@ async def read_form(request: Request) -> list[tuple[str, str]]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != FORM_MEDIA_TYPE:
         return []
+    body = await read_body(request, limit=MAX_BODY_BYTES)
     try:
-        body = (await request.body()).decode()
-        return parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        return parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
     except ValueError:  # undecodable bytes, or more fields than any Twilio webhook has
         return []
 
@@ -201,7 +207,7 @@ async def incoming_call(request: Request) -> Response:
     form = await verified_form(request, gateway)
     answer = await service.answer_incoming(
         form,
-        lookup=gateway.registry,
+        lookup=gateway.lookup,
         calls=gateway.calls,
         target=gateway.target,
         ttl=gateway.session_ttl,
@@ -236,12 +242,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["operations"])
 async def readyz(gateway: GatewayDep, response: Response) -> dict[str, str]:
-    """Readiness: what a webhook needs. The call store and Redis answer, and the broker was reached.
+    """Readiness: what a webhook needs. The call store answers, and the broker was reached.
+
+    Redis is reported but not required: without it a webhook still gets its answer (look-ups go to
+    the registry, a retried webhook is answered anew and its event is refused once by the outbox),
+    and taking the gateway out of service would get Twilio a 503 instead of TwiML.
 
     Until its first broker connection the gateway cannot look up an agent that is not cached yet, so
     it stays unready for at most `BROKER_READY_GRACE_SECONDS`; past that, or once connected, a broker
-    outage does not make it unready: calls are answered meanwhile (look-ups from the Redis cache,
-    events kept in the outbox), and taking the gateway out of service would drop them.
+    outage does not make it unready: calls are answered meanwhile (look-ups from the caches and the
+    last known answers, events kept in the outbox), and taking the gateway out of service would drop them.
     """
     database, redis = await asyncio.gather(
         _check(_ping_database(gateway.engine)), _check(_ping_redis(gateway.redis))
@@ -252,7 +262,7 @@ async def readyz(gateway: GatewayDep, response: Response) -> dict[str, str]:
         grace_over=gateway.broker_grace.over(asyncio.get_running_loop().time()),
     )
     checks = {"database": database, "redis": redis, "broker": broker}
-    problems = [f"{name} unavailable" for name in ("database", "redis") if checks[name] != "ok"]
+    problems = ["database unavailable"] if database != "ok" else []
     if broker == BROKER_CONNECTING:
         problems.append(
             "waiting for the first broker connection (agent look-ups need it), "
@@ -282,9 +292,10 @@ async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus metrics: webhooks answered, latency histogram, outbox backlog, cache hit rate."""
     try:
         gateway.metrics.outbox_pending.set(await asyncio.wait_for(gateway.relay.pending(), READINESS_TIMEOUT))
-    except (SQLAlchemyError, TimeoutError):
-        log.warning("metrics.outbox_unreadable")
+    except (SQLAlchemyError, OSError) as error:  # OSError: asyncpg's refusals and TimeoutError
+        log.warning("metrics.outbox_unreadable", error=type(error).__name__)
     gateway.metrics.outbox_publish_failures.set(gateway.relay.failures)
+    gateway.metrics.lookups_answered_stale.set(gateway.lookup.stale_answers)
     return metrics_response(gateway.metrics.registry)
 
 

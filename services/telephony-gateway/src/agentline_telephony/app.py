@@ -19,8 +19,15 @@ from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
 from agentline_telephony.api import STATUS_PATH, BrokerGrace, Gateway, router, webhooks
+from agentline_telephony.last_known import LastKnownAgents
 from agentline_telephony.metrics import GatewayMetrics
-from agentline_telephony.repository import CallStore, OutboxWriter, create_engine, create_schema, outbox
+from agentline_telephony.repository import (
+    OutboxWriter,
+    RedisOutboxCallStore,
+    create_engine,
+    create_schema,
+    outbox,
+)
 from agentline_telephony.settings import TelephonySettings
 from agentline_telephony.twiml import SipTarget
 
@@ -38,7 +45,9 @@ def sip_target(settings: TelephonySettings) -> SipTarget:
     )
 
 
-async def connect_bus_until_up(bus: Bus, registry: RegistryClient, *, connected: asyncio.Event) -> None:
+async def connect_bus_until_up(
+    bus: Bus, registry: RegistryClient, last_known: LastKnownAgents, *, connected: asyncio.Event
+) -> None:
     """Connect to the broker, retrying while it is down, and set `connected` once it is up.
 
     Readiness waits for that first connection (bounded, see `readyz`). Once connected, aio-pika's
@@ -52,6 +61,7 @@ async def connect_bus_until_up(bus: Bus, registry: RegistryClient, *, connected:
             await asyncio.sleep(BUS_RETRY_SECONDS)
             continue
         await registry.start()
+        await last_known.start(bus)
         connected.set()
         log.info("bus.connected")
         return
@@ -67,10 +77,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
     registry = RegistryClient(bus=bus, redis=redis, timeout=settings.lookup_timeout_seconds)
+    last_known = LastKnownAgents(registry, max_age_seconds=settings.last_known_agent_max_age_seconds)
     bus.register_metrics(app.state.metrics.registry)
     registry.register_metrics(app.state.metrics.registry)
     writer = OutboxWriter(engine=engine, table=outbox)
-    calls = CallStore(outbox=writer, redis=redis, answer_ttl_seconds=settings.call_answer_ttl_seconds)
+    calls = RedisOutboxCallStore(
+        outbox=writer, redis=redis, answer_ttl_seconds=settings.call_answer_ttl_seconds
+    )
     relay = OutboxRelay(
         engine=engine, table=outbox, bus=bus, poll_seconds=settings.outbox_relay_interval_seconds
     )
@@ -84,6 +97,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=sip_target(settings),
         session_ttl=timedelta(seconds=settings.session_request_ttl_seconds),
         registry=registry,
+        lookup=last_known,
         calls=calls,
         relay=relay,
         bus=bus,
@@ -96,7 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
     )
     connecting = asyncio.create_task(
-        connect_bus_until_up(bus, registry, connected=broker_reached), name="bus-connect"
+        connect_bus_until_up(bus, registry, last_known, connected=broker_reached), name="bus-connect"
     )
     relay.start()
     log.info("telephony.started", public_base_url=settings.public_base_url)

@@ -39,6 +39,9 @@ metadata = MetaData()
 outbox = outbox_table(metadata, "telephony_outbox")
 
 ANSWER_KEY_PREFIX = "agentline:telephony:call:"
+CONNECT_TIMEOUT_SECONDS = 3.0
+COMMAND_TIMEOUT_SECONDS = 5.0
+POOL_TIMEOUT_SECONDS = 3.0
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -55,7 +58,22 @@ def create_engine(url: str) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args=_bounded_connect_args(url),
+    )
+
+
+def _bounded_connect_args(url: str) -> dict[str, float]:
+    """asyncpg waits 60 s for a connection and forever for a query by default; a database that
+    accepts connections but never replies would hold every webhook and the relay that long."""
+    if url.startswith("postgresql+asyncpg"):
+        return {"timeout": CONNECT_TIMEOUT_SECONDS, "command_timeout": COMMAND_TIMEOUT_SECONDS}
+    return {}
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -150,8 +168,8 @@ class OutboxWriter:
             return set(connection.execute(self._insert, rows).scalars())
 
 
-class CallStore:
-    """The `CallStore` of the service: answers in Redis, events in the SQL outbox.
+class RedisOutboxCallStore:
+    """The service's `CallStore`: answers in Redis, events in the SQL outbox.
 
     Concurrent webhooks' reads go to Redis as one MGET, and their writes as one pipeline.
     """

@@ -10,6 +10,7 @@ events of a call have ids derived from its CallSid, so the outbox takes each of 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ from agentline_telephony.twiml import SipTarget
 log = structlog.get_logger()
 
 MAX_FIELD_LENGTH = 64
+STORE_DEADLINE_SECONDS = 3.0
+"""Bound on keeping a call's event and answer. Twilio gives up on a webhook after 15 s and plays its
+own error; a database that accepts connections but never replies must not hold the caller that long."""
 FAILED_CALL_STATUSES = frozenset({"busy", "failed", "no-answer", "canceled"})
 
 
@@ -255,8 +259,13 @@ async def answer_incoming(
     calls: CallStore,
     target: SipTarget,
     ttl: timedelta,
+    store_deadline: float = STORE_DEADLINE_SECONDS,
 ) -> Answer:
-    """The TwiML for Twilio's incoming-call webhook; never raises for anything a caller can cause."""
+    """The TwiML for Twilio's incoming-call webhook; never raises for anything a caller can cause.
+
+    A store that does not keep the call within `store_deadline` counts as unavailable: the caller is
+    told so in TwiML, rather than Twilio giving up on us.
+    """
     try:
         call = parse_incoming(form)
     except BadCallForm as error:
@@ -275,9 +284,10 @@ async def answer_incoming(
     else:
         answer = answer_for_agent(call, agent, target=target, ttl=ttl)
     try:
-        stored = await calls.remember(call, answer)
-    except CallStoreUnavailable as error:
-        log.error("twilio.call_not_stored", call_sid=call.call_sid, error=str(error))
+        async with asyncio.timeout(store_deadline):
+            stored = await calls.remember(call, answer)
+    except (CallStoreUnavailable, TimeoutError) as error:
+        log.error("twilio.call_not_stored", call_sid=call.call_sid, error=str(error) or type(error).__name__)
         return answer_store_unavailable()
     if stored != answer.twiml:
         return Answer(outcome=Outcome.RETRIED, twiml=stored)
@@ -290,12 +300,14 @@ async def answer_incoming(
     return answer
 
 
-async def handle_status(form: Mapping[str, str], *, calls: CallStore) -> tuple[str, bool]:
+async def handle_status(
+    form: Mapping[str, str], *, calls: CallStore, store_deadline: float = STORE_DEADLINE_SECONDS
+) -> tuple[str, bool]:
     """Reply to a status callback; end the session of a call that never reached its agent.
 
     Returns the TwiML and whether a `session.ended` was queued. A completed call ends nothing here:
     the worker ends its own session with the transcript, and the registry expires a session that was
-    requested but never started.
+    requested but never started. The store gets `store_deadline`, as for an incoming call.
     """
     try:
         status = parse_status(form)
@@ -308,10 +320,15 @@ async def handle_status(form: Mapping[str, str], *, calls: CallStore) -> tuple[s
         if session is not None:
             event = session_ended_unreached(status, session)
             try:
-                ended = await calls.end_unreached(event)
-            except CallStoreUnavailable as error:
+                async with asyncio.timeout(store_deadline):
+                    ended = await calls.end_unreached(event)
+            except (CallStoreUnavailable, TimeoutError) as error:
                 # The registry's expiry sweep still ends the session that was requested but never started.
-                log.error("twilio.call_end_not_stored", call_sid=status.call_sid, error=str(error))
+                log.error(
+                    "twilio.call_end_not_stored",
+                    call_sid=status.call_sid,
+                    error=str(error) or type(error).__name__,
+                )
     log.info(
         "twilio.status_received",
         call_sid=status.call_sid,

@@ -1,0 +1,85 @@
+"""The registry with a dependency down (real broker; a database or Redis that refuses or never answers):
+every answer is bounded and says what is wrong, and the background work outlives the outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+from agentline_common.testing.servers import free_port
+from agentline_registry.app import DATABASE_UNAVAILABLE
+from agentline_registry.settings import RegistrySettings
+from pydantic import SecretStr
+
+from .conftest import RunningApp, running_app, started_app
+
+pytestmark = pytest.mark.integration
+
+LOGIN = {"email": "nobody@example.test", "password": "correct horse battery staple"}
+
+
+def postgres_at(port: int) -> str:
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/registry"
+
+
+async def sweep_failures(running: RunningApp, *, at_least: int) -> float:
+    """The sweep's failure count once it reaches `at_least`; TimeoutError if it stops counting."""
+    async with asyncio.timeout(10):
+        while True:
+            failures = running.runtime.metrics.registry.get_sample_value(
+                "agentline_registry_session_sweep_failures_total"
+            )
+            if failures is not None and failures >= at_least:
+                return failures
+            await asyncio.sleep(0.02)
+
+
+async def test_a_refused_database_answers_503_and_the_sweep_goes_on(
+    make_settings: Callable[..., RegistrySettings],
+) -> None:
+    settings = make_settings(database_url=postgres_at(free_port()), session_sweep_interval_seconds=0.05)
+    async with started_app(settings) as running:
+        login = await running.client.post("/api/v1/auth/login", json=LOGIN)
+        metrics = await running.client.get("/metrics")
+        ready = await running.client.get("/readyz")
+        # A second failed pass: the sweep outlived the first refusal (asyncpg's bare OSError).
+        await sweep_failures(running, at_least=2)
+
+    assert login.status_code == 503
+    assert login.json() == {"detail": DATABASE_UNAVAILABLE}
+    assert login.headers["Retry-After"] == "5"
+    assert metrics.status_code == 200
+    assert "agentline_registry_outbox_pending" in metrics.text
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"] == "unavailable"
+
+
+async def test_a_database_that_never_answers_gets_503_within_seconds_not_a_minute(
+    make_settings: Callable[..., RegistrySettings], silent_port: int
+) -> None:
+    settings = make_settings(database_url=postgres_at(silent_port))
+    async with started_app(settings) as running:
+        started = time.monotonic()
+        async with asyncio.timeout(30):  # asyncpg's own connect timeout would be 60 s
+            login = await running.client.post("/api/v1/auth/login", json=LOGIN)
+        elapsed = time.monotonic() - started
+
+    assert login.status_code == 503
+    assert login.json() == {"detail": DATABASE_UNAVAILABLE}
+    assert elapsed < 20, f"took {elapsed:.1f} s"
+
+
+async def test_readyz_is_503_naming_redis_when_redis_is_down(
+    make_settings: Callable[..., RegistrySettings],
+) -> None:
+    settings = make_settings(redis_url=SecretStr(f"redis://127.0.0.1:{free_port()}/0"))
+    async with running_app(settings) as running:
+        started = time.monotonic()
+        ready = await running.client.get("/readyz")
+        elapsed = time.monotonic() - started
+
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"database": "ok", "redis": "unavailable", "broker": "ok"}
+    assert elapsed < 10, f"took {elapsed:.1f} s"
