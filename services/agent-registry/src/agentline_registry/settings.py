@@ -30,4 +30,4 @@ class RegistrySettings(CommonSettings):
     each its own (queues are per broker, not per exchange)."""
     outbox_poll_seconds: float = 1.0
     startup_timeout_seconds: float = 30.0
-    """How long start-up keeps retrying the broker and database before giving up."""
+    """How long start-up keeps retrying the broker before giving up."""
