@@ -326,6 +326,17 @@ def ports(*, fake_models: bool, console: bool) -> list[int]:
     return wanted
 
 
+async def stop_group(process: asyncio.subprocess.Process, *, grace: float) -> None:
+    """SIGTERM the process group `process` leads; SIGKILL it if it has not exited after `grace` s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 class Supervisor:
     def __init__(self) -> None:
         self.running: list[Program] = []
@@ -396,13 +407,7 @@ class Supervisor:
                 output, _ = await process.communicate()
         finally:
             if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), timeout=10)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
+                await stop_group(process, grace=10)
         lines = output.decode(errors="replace").strip().splitlines()
         if process.returncode != 0:
             print("\n".join(f"[{name}] {line}" for line in lines), flush=True)
@@ -420,13 +425,7 @@ class Supervisor:
             process = program.process
             if process is None or process.returncode is not None:
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout=30)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+            await stop_group(process, grace=30)
             print(f"[up] {program.name} stopped", flush=True)
         if any(program.name == "rabbitmq" for program in self.running):
             # Erlang's port mapper daemonizes itself, outside the broker's process group.

@@ -137,20 +137,24 @@ async def test_the_console_script_provisions_idempotently(
     assert list(trunks[0].allowed_addresses) == ["127.0.0.1/32", "127.0.0.2"]
 
 
-def test_the_console_script_refuses_a_number_that_is_not_e164(livekit_server: Any) -> None:
-    env = {
-        "LIVEKIT_URL": livekit_server.http_url,
-        "LIVEKIT_API_KEY": livekit_server.api_key,
-        "LIVEKIT_API_SECRET": livekit_server.api_secret,
-        "PATH": "/usr/bin:/bin",
-    }
-
-    run = subprocess.run(
-        [sys.executable, "-m", "agentline_telephony", "provision-sip", "--number", "555-1234"],
+def run_provision_sip(*, url: str, key: str, secret: str, number: str) -> subprocess.CompletedProcess[str]:
+    """`agentline-telephony provision-sip --number NUMBER` against the LiveKit at `url`."""
+    env = {"LIVEKIT_URL": url, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(  # noqa: S603 (our own console script, fixed arguments)
+        [sys.executable, "-m", "agentline_telephony", "provision-sip", "--number", number],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def test_the_console_script_refuses_a_number_that_is_not_e164(livekit_server: Any) -> None:
+    run = run_provision_sip(
+        url=livekit_server.http_url,
+        key=livekit_server.api_key,
+        secret=livekit_server.api_secret,
+        number="555-1234",
     )
 
     assert run.returncode == 2
@@ -159,20 +163,8 @@ def test_the_console_script_refuses_a_number_that_is_not_e164(livekit_server: An
 
 def test_the_console_script_says_when_livekit_cannot_be_reached() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    env = {
-        "LIVEKIT_URL": url,
-        "LIVEKIT_API_KEY": "key",
-        "LIVEKIT_API_SECRET": "s" * 32,
-        "PATH": "/usr/bin:/bin",
-    }
 
-    run = subprocess.run(
-        [sys.executable, "-m", "agentline_telephony", "provision-sip", "--number", "+15551234567"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_provision_sip(url=url, key="key", secret="s" * 32, number="+15551234567")
 
     assert run.returncode == 1
     assert f"LiveKit at {url} did not provision the SIP trunk" in run.stderr
