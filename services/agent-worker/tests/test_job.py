@@ -23,7 +23,7 @@ from agentline_common.testing.services import (
     new_worker,
     random_e164,
 )
-from agentline_worker.service import SIP_CALL_SID, SIP_TRUNK_NUMBER
+from agentline_worker.service import SIP_CALL_SID, SIP_TRUNK_NUMBER, fallback_session_id
 from livekit import api, rtc
 
 pytestmark = pytest.mark.integration
@@ -178,22 +178,59 @@ async def test_an_agent_dispatched_before_its_caller_waits_for_them(
     assert ended.data.reason == "user_hangup"
 
 
+@pytest.mark.parametrize("kind", ["test", "phone"])
 async def test_a_caller_who_never_comes_ends_the_session_as_failed(
+    kind: str,
     own_worker: Callable[..., WorkerService],
     running_registry: RegistryService,
     session_events: SessionEvents,
     livekit_api: api.LiveKitAPI,
 ) -> None:
+    """Whether the browser or the SIP participant never comes, the call failed: the agent is not
+    to blame. A phone call's CallSid is unknown without its participant, so its session is the
+    room's."""
     worker = await asyncio.to_thread(own_worker, 60, CALLER_WAIT_SECONDS="2")
-    tenant = running_registry.new_tenant()
-    room, session_id = new_test_room(tenant.agent_id), uuid.uuid4()
-    metadata = json.dumps({"agent_id": str(tenant.agent_id), "session_id": str(session_id)})
-    await dispatch(livekit_api, worker, room.name, metadata)
+    if kind == "phone":
+        room_name, metadata = phone_room(random_e164()), ""
+        session_id = fallback_session_id(room_name)
+    else:
+        room_name, session_id = new_test_room(uuid.uuid4()).name, uuid.uuid4()
+        metadata = json.dumps({"session_id": str(session_id)})
+    await dispatch(livekit_api, worker, room_name, metadata)
     ended: SessionEnded = await session_events.wait_for(SessionEnded, session_id)
     assert ended.data.reason == "call_failed"
     assert ended.data.detail == "nobody joined within 2 s"
     assert session_id not in [e.session_id for e in session_events.events if isinstance(e, SessionStarted)]
-    await wait_for_agent_to_leave(livekit_api, room.name)
+    await wait_for_agent_to_leave(livekit_api, room_name)
+
+
+async def test_a_shutdown_while_the_agent_waits_for_its_caller_ends_the_session(
+    own_worker: Callable[..., WorkerService],
+    session_events: SessionEvents,
+    livekit_api: api.LiveKitAPI,
+) -> None:
+    """A job stopped before its session began still reports the session's end."""
+    worker = await asyncio.to_thread(own_worker, 1, CALLER_WAIT_SECONDS="600")
+    room, session_id = new_test_room(uuid.uuid4()), uuid.uuid4()
+    await dispatch(livekit_api, worker, room.name, json.dumps({"session_id": str(session_id)}))
+    async with asyncio.timeout(EVENT_WAIT):
+        while not await agents_in(livekit_api, room.name):
+            await asyncio.sleep(0.1)
+    worker.send_sigterm()
+    # livekit-agents gives the entrypoint 15 s to return before it cancels it and runs `finish`.
+    ended = await wait_longer_for_end(session_events, session_id)
+    assert ended.data.reason == "worker_shutdown"
+    assert await asyncio.to_thread(worker.wait_exit, 30.0) == 0
+
+
+async def wait_longer_for_end(events: SessionEvents, session_id: uuid.UUID) -> SessionEnded:
+    """`session.ended` of `session_id`, allowing for livekit-agents' own shutdown grace period."""
+    async with asyncio.timeout(EVENT_WAIT * 2):
+        while True:
+            found = [e for e in events.events if isinstance(e, SessionEnded) and e.session_id == session_id]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -368,3 +405,71 @@ async def test_a_call_that_starts_while_the_broker_is_down_is_answered_and_logge
     assert [entry["role"] for entry in logged["transcript"]][:1] == ["agent"]
     worker_log = worker_service.log_path.read_text()
     assert "call.bus_retrying" in worker_log, "the broker outage was not exercised"
+
+
+async def test_a_refused_call_leaves_at_once_while_the_broker_is_down(
+    worker_service: WorkerService,
+    running_registry: RegistryService,
+    session_events: SessionEvents,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    rabbitmq: Any,
+) -> None:
+    """The look-up fails without the broker, so the call is refused: the agent leaves the caller at
+    once, not after its report's retries, and the report follows once the broker is back."""
+    agent_id, session_id = running_registry.new_tenant().agent_id, uuid.uuid4()  # not in the cache
+    room = new_test_room(agent_id)
+    caller = await join_as_caller(livekit_server, room.name, {})
+    try:
+        await asyncio.to_thread(rabbitmq.stop)
+        try:
+            metadata = json.dumps({"agent_id": str(agent_id), "session_id": str(session_id)})
+            await dispatch(livekit_api, worker_service, room.name, metadata)
+            async with asyncio.timeout(EVENT_WAIT):
+                while not await agents_in(livekit_api, room.name):
+                    await asyncio.sleep(0.1)
+            await wait_for_agent_to_leave(livekit_api, room.name)
+        finally:
+            await asyncio.to_thread(rabbitmq.start)
+        ended = await wait_longer_for_end(session_events, session_id)
+        assert ended.data.reason == "agent_unavailable"
+        assert "the registry did not answer" in (ended.data.detail or "")
+    finally:
+        await caller.disconnect()
+
+
+async def test_a_long_call_begun_in_a_broker_outage_reports_its_end_once_the_broker_is_back(
+    own_worker: Callable[..., WorkerService],
+    running_registry: RegistryService,
+    session_events: SessionEvents,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    rabbitmq: Any,
+) -> None:
+    """The bus gave up connecting during the call (after `PUBLISH_GIVE_UP_SECONDS`); the broker is
+    back when the call ends, and its end is reported, not lost."""
+    worker = await asyncio.to_thread(own_worker, 60, PUBLISH_GIVE_UP_SECONDS="2")
+    # A first call leaves the agent in the look-up cache, as the gateway's look-up does for a real call.
+    tenant, first_room, first_caller, first_session = await start_phone_call(
+        running_registry, worker, livekit_server, livekit_api
+    )
+    await session_events.wait_for(SessionStarted, first_session)
+    await first_caller.disconnect()
+    await wait_for_agent_to_leave(livekit_api, first_room)
+
+    await asyncio.to_thread(rabbitmq.stop)
+    try:
+        _, _, caller, session_id = await start_phone_call(
+            running_registry, worker, livekit_server, livekit_api, tenant
+        )
+        async with asyncio.timeout(EVENT_WAIT):
+            while "call.event_lost" not in worker.log_path.read_text():  # session.started gave up
+                await asyncio.sleep(0.2)
+    finally:
+        await asyncio.to_thread(rabbitmq.start)
+    await caller.disconnect()
+
+    logged = await asyncio.to_thread(
+        running_registry.wait_for_session, tenant.token, session_id, status="ended", timeout=60.0
+    )
+    assert logged["end_reason"] == "user_hangup"

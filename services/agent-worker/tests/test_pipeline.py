@@ -4,6 +4,7 @@ model server, with webhook tools calling a real HTTP server on loopback that che
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -19,10 +20,11 @@ from agentline_common.agents import AgentConfig, WebhookTool
 from agentline_common.testing.fake_openai import ChatReply, FakeOpenAI
 from agentline_worker.job import job_vad
 from agentline_worker.pipeline import CallRecord, build_session, model_client
-from agentline_worker.service import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from agentline_worker.service import SIGNATURE_HEADER, TIMESTAMP_HEADER, ended_event, verify_signature
 from agentline_worker.settings import WorkerSettings
 from aiohttp import web
-from livekit.agents import AgentSession, CloseEvent, vad
+from livekit import rtc
+from livekit.agents import AgentSession, APIStatusError, CloseEvent, CloseReason, vad
 from livekit.agents.voice.run_result import (
     ChatMessageEvent,
     FunctionCallEvent,
@@ -52,15 +54,18 @@ class WebhookServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/orders"
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        verified = verify_signature(
+    def verified(self, request: web.Request, payload: bytes) -> bool:
+        return verify_signature(
             self.secret,
             timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
-            payload=body,
+            payload=payload,
             header=request.headers.get(SIGNATURE_HEADER, ""),
             now=time.time(),
         )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        verified = self.verified(request, body)
         self.calls.append({"verified": verified, "body": body, "headers": dict(request.headers)})
         if not verified:
             return web.json_response({"error": "bad signature"}, status=401)
@@ -71,12 +76,23 @@ class WebhookServer:
         order = json.loads(body)["order_id"]
         return web.json_response({"order_id": order, "status": "shipped yesterday"})
 
+    async def handle_get(self, request: web.Request) -> web.Response:
+        """A GET tool's call, verified as a receiver would: over the raw query bytes received."""
+        raw_query = request.raw_path.partition("?")[2].encode()
+        verified = self.verified(request, raw_query)
+        query = dict(request.query)
+        self.calls.append({"verified": verified, "query": query, "headers": dict(request.headers)})
+        if not verified:
+            return web.json_response({"error": "bad signature"}, status=401)
+        return web.json_response({"order_id": query["order_id"], "status": "shipped yesterday"})
+
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def webhook() -> AsyncIterator[WebhookServer]:
     server = WebhookServer(secret=secrets.token_urlsafe(32).encode())
     app = web.Application()
     app.router.add_post("/orders", server.handle)
+    app.router.add_get("/orders", server.handle_get)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -88,7 +104,9 @@ async def webhook() -> AsyncIterator[WebhookServer]:
         await runner.cleanup()
 
 
-def agent_config(*, webhook: WebhookServer | None = None, timeout: float = 5.0) -> AgentConfig:
+def agent_config(
+    *, webhook: WebhookServer | None = None, timeout: float = 5.0, method: str = "POST", url_query: str = ""
+) -> AgentConfig:
     tools = []
     if webhook is not None:
         tools.append(
@@ -97,11 +115,15 @@ def agent_config(*, webhook: WebhookServer | None = None, timeout: float = 5.0) 
                 description="Look up an order's delivery status.",
                 parameters={
                     "type": "object",
-                    "properties": {"order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"}},
+                    "properties": {
+                        "order_id": {"type": "string", "pattern": "^[A-Z]-[0-9]+$"},
+                        "note": {"type": "string"},
+                    },
                     "required": ["order_id"],
                     "additionalProperties": False,
                 },
-                url=webhook.url,
+                url=webhook.url + url_query,
+                method=method,
                 timeout_seconds=timeout,
                 secret_ref=SECRET_REF,
             )
@@ -231,6 +253,26 @@ async def test_a_tool_call_reaches_the_webhook_signed(
         await call.close()
 
 
+async def test_a_get_tool_call_is_signed_over_the_query_it_sends(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    """The receiver checks the raw query bytes it got, the tool URL's own query included: the
+    worker must send exactly what it signed (an HTTP client that re-quotes `/` and `:` breaks it)."""
+    config = agent_config(webhook=webhook, method="GET", url_query="?tenant=acme")
+    call = await start_call(config, fake=fake_openai, http=http, vad_model=vad_model, secret=webhook.secret)
+    try:
+        note = "leave at https://example.test/door: back & side"
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17", "note": note})
+        fake_openai.reply("Your order A-17 shipped yesterday.")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-17?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert len(outputs) == 1 and not outputs[0].is_error, outputs[0].output
+        assert [c["verified"] for c in webhook.calls] == [True]
+        assert webhook.calls[0]["query"] == {"tenant": "acme", "order_id": "A-17", "note": note}
+    finally:
+        await call.close()
+
+
 async def test_invalid_arguments_are_told_to_the_model_without_a_request(
     fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
 ) -> None:
@@ -289,18 +331,20 @@ async def test_a_failing_tool_is_reported_to_the_model(
         await call.close()
 
 
-async def test_an_unsigned_call_is_refused_by_the_receiver(
+async def test_a_tool_whose_secret_is_missing_is_not_called(
     fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
 ) -> None:
-    """Without the secret the worker still calls, unsigned; a checking receiver refuses it."""
+    """A tool that names a signing secret the worker lacks fails closed: no unsigned request goes
+    out, and the model is told the tool is not configured."""
     call = await start_call(agent_config(webhook=webhook), fake=fake_openai, http=http, vad_model=vad_model)
     try:
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-3"})
-        fake_openai.reply("The order service refused me.")
+        fake_openai.reply("I cannot look orders up right now.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-3?")
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
-        assert outputs[0].is_error and "HTTP 401" in outputs[0].output
-        assert [c["verified"] for c in webhook.calls] == [False]
+        assert outputs[0].is_error and "not configured" in outputs[0].output
+        assert webhook.calls == []
+        assert messages(result) == ["I cannot look orders up right now."]
     finally:
         await call.close()
 
@@ -331,6 +375,61 @@ async def test_a_model_error_ends_nothing_but_the_turn(
         result: RunResult[None] = await call.session.run(user_input="Hello?")
         assert messages(result) == ["Recovered answer."]
         assert not call.closed.done()
+    finally:
+        await call.close()
+
+
+async def test_a_session_the_models_keep_failing_ends_as_an_error(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, vad_model: vad.VAD
+) -> None:
+    """Failures livekit-agents cannot get past close the session with an error; the call's
+    `session.ended` then says `error`, with the cause."""
+    call = await start_call(agent_config(), fake=fake_openai, http=http, vad_model=vad_model)
+    try:
+        fake_openai.fallback = lambda _body: ChatReply(text="model not found", status=404)
+        # The session puts up with a few failed turns in a row, and closes at the next one.
+        for _ in range(call.session.conn_options.max_unrecoverable_errors + 1):
+            with contextlib.suppress(APIStatusError):
+                await call.session.run(user_input="Hello?")
+        closed = await asyncio.wait_for(call.closed, 10)
+        assert closed.reason == CloseReason.ERROR
+        assert call.record.reason == "error"
+        event = ended_event(
+            session_id=uuid.uuid4(), room_name="r", reason=call.record.reason, detail=call.record.error
+        )
+        assert event.data.reason == "error" and "model not found" in (event.data.detail or "")
+    finally:
+        await call.close()
+
+
+async def test_the_agents_voice_language_and_models_reach_the_model_server(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, vad_model: vad.VAD
+) -> None:
+    config = agent_config().model_copy(
+        update={
+            "stt_model": "stt-x",
+            "llm_model": "llm-x",
+            "tts_model": "tts-x",
+            "voice": "coral",
+            "language": "de",
+        }
+    )
+    call = await start_call(config, fake=fake_openai, http=http, vad_model=vad_model)
+    try:
+        fake_openai.reply("Hallo.")
+        await call.session.run(user_input="Hallo?")
+        assert fake_openai.chat_requests[0].body["model"] == "llm-x"
+
+        assert call.session.tts is not None and call.session.stt is not None
+        async with call.session.tts.synthesize("Guten Tag.") as stream:
+            async for _ in stream:
+                pass
+        spoken = fake_openai.speech_requests[-1].body
+        assert (spoken["model"], spoken["voice"], spoken["response_format"]) == ("tts-x", "coral", "pcm")
+
+        await call.session.stt.recognize(rtc.AudioFrame.create(16_000, 1, 1_600))
+        heard = fake_openai.transcription_requests[-1].body
+        assert (heard["model"], heard["language"]) == ("stt-x", "de")
     finally:
         await call.close()
 

@@ -64,14 +64,14 @@ def test_a_test_room_plans_the_agent_and_session_of_its_metadata() -> None:
     session_id = uuid.uuid4()
     metadata = json.dumps({"agent_id": str(room.agent_id), "session_id": str(session_id)})
     plan = plan_session(room_name=room.name, metadata=metadata)
-    assert plan == TestCallPlan(room_name=room.name, agent_id=room.agent_id, session_id=session_id)
+    assert plan == TestCallPlan(room_name=room.name, agent_id=room.agent_id)
+    assert session_id_for(room.name, metadata) == session_id
 
 
 def test_a_test_room_without_metadata_gets_a_stable_session_id() -> None:
     room = new_test_room(uuid.uuid4())
-    plan = plan_session(room_name=room.name, metadata="")
-    assert plan.session_id == uuid.uuid5(SESSION_NAMESPACE, room.name)
-    assert session_id_for(room.name, "not json") == plan.session_id
+    assert session_id_for(room.name, "") == uuid.uuid5(SESSION_NAMESPACE, room.name)
+    assert session_id_for(room.name, "not json") == session_id_for(room.name, "")
 
 
 def test_metadata_naming_another_agent_is_refused() -> None:
@@ -91,17 +91,14 @@ def test_a_phone_room_plans_by_number_and_call_sid() -> None:
     attributes = {SIP_TRUNK_NUMBER: NUMBER, SIP_CALL_SID: "CA123", SIP_CALLER_NUMBER: "+447700900123"}
     plan = plan_session(room_name=PHONE_ROOM, metadata="", attributes=attributes)
     assert plan == PhoneCallPlan(
-        room_name=PHONE_ROOM,
-        number=NUMBER,
-        session_id=phone_session_id("CA123"),
-        call_sid="CA123",
-        caller_number="+447700900123",
+        room_name=PHONE_ROOM, number=NUMBER, call_sid="CA123", caller_number="+447700900123"
     )
+    assert session_id_for(PHONE_ROOM, "", attributes) == phone_session_id("CA123")
 
 
 def test_a_phone_room_without_call_sid_falls_back_to_the_room() -> None:
-    plan = plan_session(room_name=PHONE_ROOM, metadata="", attributes={SIP_TRUNK_NUMBER: NUMBER})
-    assert plan.session_id == uuid.uuid5(SESSION_NAMESPACE, PHONE_ROOM)
+    session_id = session_id_for(PHONE_ROOM, "", {SIP_TRUNK_NUMBER: NUMBER})
+    assert session_id == uuid.uuid5(SESSION_NAMESPACE, PHONE_ROOM)
 
 
 @pytest.mark.parametrize(
@@ -127,13 +124,13 @@ def test_our_rooms_are_accepted() -> None:
 
 def test_refusals() -> None:
     active = agent()
-    test_plan = TestCallPlan(room_name="r", agent_id=active.id, session_id=uuid.uuid4())
-    phone_plan = PhoneCallPlan(room_name="r", number=NUMBER, session_id=uuid.uuid4())
+    test_plan = TestCallPlan(room_name="r", agent_id=active.id)
+    phone_plan = PhoneCallPlan(room_name="r", number=NUMBER)
     assert refusal(active, test_plan) is None
     assert refusal(active, phone_plan) is None
     assert refusal(agent(active=False), phone_plan) == "the agent is inactive"
     assert refusal(agent(phone_numbers=[]), phone_plan) == "the number is no longer bound to this agent"
-    other = TestCallPlan(room_name="r", agent_id=uuid.uuid4(), session_id=uuid.uuid4())
+    other = TestCallPlan(room_name="r", agent_id=uuid.uuid4())
     assert refusal(active, other) == "the registry answered for another agent"
 
 
@@ -202,6 +199,22 @@ def test_a_get_request_signs_its_query_string() -> None:
     assert request.body is None
     assert request.url == "http://127.0.0.1:9/hook?order_id=A+B"
     assert request.headers[SIGNATURE_HEADER] == signature(b"k" * 32, timestamp=5, payload=b"order_id=A+B")
+
+
+def test_a_get_request_signs_its_whole_query_as_sent() -> None:
+    """The tool URL's own query is signed too, and the URL is the signed bytes, percent-encoded:
+    `/`, `:`, `&` and `=` in an argument stay encoded, so the receiver parses what was signed."""
+    request = webhook_request(
+        tool(method="GET", url="http://127.0.0.1:9/hook?tenant=acme#part"),
+        {"path": "a/b:c&d=e", "count": 2},
+        secret=b"k" * 32,
+        timestamp=5,
+        session_id=None,
+        agent_id=uuid.uuid4(),
+    )
+    query = "tenant=acme&path=a%2Fb%3Ac%26d%3De&count=2"
+    assert request.url == f"http://127.0.0.1:9/hook?{query}"
+    assert request.headers[SIGNATURE_HEADER] == signature(b"k" * 32, timestamp=5, payload=query.encode())
 
 
 def test_without_a_secret_nothing_is_signed() -> None:

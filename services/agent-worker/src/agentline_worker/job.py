@@ -165,59 +165,74 @@ class Call:
         self._entered_at = self._joined_at = self._looked_up_at = 0.0
 
     async def start(self) -> None:
-        self._entered_at = entered_at = time.time()
+        """Run the call; one that fails before its session runs is reported as `error` and left.
+
+        Without this, an exception on the way (the join, the session's start) would leave its
+        session `requested` in the call log for ever.
+        """
+        try:
+            await self._start()
+        except Exception as error:
+            log.exception("call.failed")
+            self._report_end("error", detail=f"the call could not start: {type(error).__name__}: {error}")
+            self._ctx.shutdown("error")
+
+    async def _start(self) -> None:
+        self._entered_at = time.time()
+        self._bind_logs()
+        self._ctx.room.on("disconnected", self._on_room_disconnected)
+        self._clients = Clients.create(self._settings)
+        connected = asyncio.create_task(self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY))
+        found = asyncio.create_task(self._look_up(self._clients.registry, self._bus()))
+        try:
+            await connected
+            self._joined_at = time.time()
+            self._log_join()
+            caller = await self._wait_for_caller()
+            if caller is None:
+                waited = self._settings.caller_wait_seconds
+                self._refuse(f"nobody joined within {waited:g} s", reason="call_failed")
+                return
+            # A phone call's id comes from its CallSid, known only now.
+            self._session_id = session_id_for(self._room_name, self._ctx.job.metadata, caller.attributes)
+            self._bind_logs()
+            try:
+                plan = plan_session(
+                    room_name=self._room_name, metadata=self._ctx.job.metadata, attributes=caller.attributes
+                )
+            except PlanError as error:
+                self._refuse(str(error))
+                return
+            agent = await found
+        finally:
+            found.cancel()  # a no-op once it is done; else nobody needs its answer any more
+        if isinstance(agent, str):
+            self._refuse(agent)
+            return
+        self._agent = agent
+        if (reason := refusal(agent, plan)) is not None:
+            self._refuse(reason)
+            return
+        await self._run(plan, agent, caller)
+
+    def _bind_logs(self) -> None:
+        """Tie the call's logs to its session (again once a phone call's CallSid is known)."""
         bind_correlation_id(correlation_id_for(self._ctx.job.metadata, self._session_id))
         structlog.contextvars.bind_contextvars(
             session_id=str(self._session_id), room=self._room_name, job_id=self._ctx.job.id
         )
-        self._ctx.room.on("disconnected", self._on_room_disconnected)
-        connected = asyncio.create_task(self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY))
-        self._clients = Clients.create(self._settings)
-        self._bus_connected = asyncio.create_task(self._connect_bus(self._clients.bus))
-        found = asyncio.create_task(self._look_up(self._clients.registry, self._bus_connected))
-        await connected
-        self._joined_at = time.time()
+
+    def _log_join(self) -> None:
         info = self._ctx._info  # livekit-agents keeps the dispatch's timestamps there
         timeline = dispatch_timeline(
             received_at=info.received_at,
             accepted_at=info.accepted_at,
             assigned_at=info.assigned_at,
             launched_at=info.launched_at,
-            entered_at=entered_at,
+            entered_at=self._entered_at,
             joined_at=self._joined_at,
         )
         log.info("call.joined", **timeline)
-
-        caller = await self._wait_for_caller()
-        if caller is None and not isinstance(parse_room_name(self._room_name), PhoneRoom):
-            found.cancel()
-            waited = self._settings.caller_wait_seconds
-            await self._refuse(f"nobody joined within {waited:g} s", reason="call_failed")
-            return
-        if caller is not None:
-            # A phone call's id comes from its CallSid, known only now.
-            self._session_id = session_id_for(self._room_name, self._ctx.job.metadata, caller.attributes)
-            bind_correlation_id(correlation_id_for(self._ctx.job.metadata, self._session_id))
-            structlog.contextvars.bind_contextvars(session_id=str(self._session_id))
-        try:
-            plan = plan_session(
-                room_name=self._room_name,
-                metadata=self._ctx.job.metadata,
-                attributes=caller.attributes if caller else None,
-            )
-        except PlanError as error:
-            found.cancel()
-            await self._refuse(str(error))
-            return
-        agent = await found
-        if isinstance(agent, str):
-            await self._refuse(agent)
-            return
-        self._agent = agent
-        if (reason := refusal(agent, plan)) is not None:
-            await self._refuse(reason)
-            return
-        await self._run(plan, agent, caller)
 
     async def _wait_for_caller(self) -> rtc.RemoteParticipant | None:
         """The caller: the SIP participant, whose attributes say which number was dialled, or the
@@ -264,7 +279,7 @@ class Call:
         finally:
             self._looked_up_at = time.time()
 
-    async def _run(self, plan: SessionPlan, agent: AgentConfig, caller: rtc.RemoteParticipant | None) -> None:
+    async def _run(self, plan: SessionPlan, agent: AgentConfig, caller: rtc.RemoteParticipant) -> None:
         assert self._clients is not None
         vad_model = self._ctx.proc.userdata.get(VAD_KEY)
         session, voice_agent = build_session(
@@ -273,13 +288,15 @@ class Call:
             vad_model=vad_model if isinstance(vad_model, vad.VAD) else None,
             models=self._clients.models,
             http=self._clients.http,
-            session_id=plan.session_id,
+            session_id=self._session_id,
             record=self._record,
         )
         session.on("close", lambda _event: self._on_session_closed())
-        options = room_io.RoomOptions(participant_kinds=CALLER_KINDS, close_on_disconnect=True)
-        if caller is not None:
-            options.participant_identity = caller.identity
+        options = room_io.RoomOptions(
+            participant_kinds=CALLER_KINDS,
+            participant_identity=caller.identity,
+            close_on_disconnect=True,
+        )
         self._record.started_at = time.time()
         await session.start(voice_agent, room=self._ctx.room, room_options=options)
         log.info(
@@ -290,53 +307,72 @@ class Call:
             since_join_ms=round((time.time() - self._joined_at) * 1000, 1),
         )
         await self._publish(
-            started_event(plan, agent, worker_id=self._ctx.worker_id, job_id=self._ctx.job.id)
+            started_event(
+                plan,
+                agent,
+                session_id=self._session_id,
+                worker_id=self._ctx.worker_id,
+                job_id=self._ctx.job.id,
+            )
         )
 
-    def _on_room_disconnected(self, *_: object) -> None:
-        self._record.room_gone = True
+    def _on_room_disconnected(self, reason: rtc.DisconnectReason.ValueType) -> None:
+        """The room went away (deleted, closed) -- unless the disconnect is the job's own, at its end."""
+        if reason != rtc.DisconnectReason.CLIENT_INITIATED:
+            self._record.room_gone = True
 
     def _on_session_closed(self) -> None:
         """The session closed (hang-up, end_call, error, shutdown): report it, then leave."""
         reason = self._record.reason
         log.info("call.ended", reason=reason, close_reason=self._record.close_reason)
-        self._ended = asyncio.create_task(
-            self._publish(
-                ended_event(
-                    session_id=self._session_id,
-                    room_name=self._room_name,
-                    reason=reason,
-                    agent=self._agent,
-                    detail=self._record.error,
-                    duration_seconds=self._record.duration_seconds,
-                    transcript=self._record.transcript,
-                    turns=self._record.turns,
-                )
-            )
-        )
+        self._report_end(reason, detail=self._record.error, duration_seconds=self._record.duration_seconds)
         if reason == "end_call":
             # Deleting the room hangs up the SIP caller and disconnects the browser.
             self._ctx.delete_room()
         self._ctx.shutdown(reason)
 
-    async def _refuse(self, detail: str, reason: EndReason = "agent_unavailable") -> None:
-        """No call for this job: report why (`agent_unavailable` unless told) and leave the room."""
+    def _refuse(self, detail: str, reason: EndReason = "agent_unavailable") -> None:
+        """No call for this job: report why (`agent_unavailable` unless told) and leave the room.
+
+        The agent leaves at once: with the broker down the report can take up to
+        `publish_give_up_seconds`, and the caller must not wait with a silent agent meanwhile.
+        `finish` waits for it.
+        """
         log.warning("call.refused", detail=detail, reason=reason)
-        room = parse_room_name(self._room_name)
-        self._ended = asyncio.create_task(
-            self._publish(
-                ended_event(
-                    session_id=self._session_id,
-                    room_name=self._room_name,
-                    reason=reason,
-                    agent=self._agent,
-                    agent_id=getattr(room, "agent_id", None),
-                    detail=detail,
-                )
-            )
-        )
-        await self._ended
+        self._report_end(reason, detail=detail)
         self._ctx.shutdown(reason)
+
+    def _report_end(
+        self, reason: EndReason, *, detail: str | None, duration_seconds: float | None = None
+    ) -> None:
+        """Start publishing `session.ended`, once per call, whichever way the call ends first."""
+        if self._ended is not None:
+            return
+        room = parse_room_name(self._room_name)
+        event = ended_event(
+            session_id=self._session_id,
+            room_name=self._room_name,
+            reason=reason,
+            agent=self._agent,
+            agent_id=getattr(room, "agent_id", None),
+            detail=detail,
+            duration_seconds=duration_seconds,
+            transcript=self._record.transcript,
+            turns=self._record.turns,
+        )
+        if self._clients is None:
+            log.error("call.event_lost", event_type=event.type, event_id=str(event.id), error="no clients")
+            return
+        self._ended = asyncio.create_task(self._publish(event))
+
+    def _bus(self) -> asyncio.Task[None]:
+        """The call's bus connection: the attempt under way or made, or a new bounded one if the last
+        gave up, so that a broker that was down when a long call began still gets the call's end."""
+        assert self._clients is not None
+        task = self._bus_connected
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._bus_connected = asyncio.create_task(self._connect_bus(self._clients.bus))
+        return task
 
     async def _connect_bus(self, bus: Bus) -> None:
         """Connect the call's bus, retrying through a broker outage for up to
@@ -356,12 +392,10 @@ class Call:
         """Publish, retrying through a broker outage for up to `publish_give_up_seconds`: a lost
         `session.ended` leaves a call open in the log (and its transcript is lost). The bound covers
         waiting for the bus to connect too."""
-        assert self._clients is not None and self._bus_connected is not None
+        assert self._clients is not None
         give_up_at = time.monotonic() + self._settings.publish_give_up_seconds
         try:
-            await asyncio.wait_for(
-                asyncio.shield(self._bus_connected), self._settings.publish_give_up_seconds
-            )
+            await asyncio.wait_for(asyncio.shield(self._bus()), self._settings.publish_give_up_seconds)
             await self._clients.bus.publish_reliably(
                 event, give_up_after=max(give_up_at - time.monotonic(), 0.0)
             )
@@ -371,15 +405,20 @@ class Call:
         log.info("call.published", event_type=event.type, event_id=str(event.id))
 
     async def finish(self, reason: str) -> None:
-        """Job shutdown: wait for `session.ended` to be confirmed, then close the clients."""
-        if self._ended is not None:
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._ended),
-                    self._settings.publish_give_up_seconds + FINISH_MARGIN_SECONDS,
-                )
-            except TimeoutError:
-                log.error("call.ended_not_confirmed", reason=reason)
+        """Job shutdown: report the end if nothing did yet (the job stopped before a session began),
+        wait for `session.ended` to be confirmed, then close the clients, however the wait ends."""
+        try:
+            self._report_end(self._record.reason, detail=f"the job stopped ({reason}) before the call began")
+            if self._ended is not None:
+                bound = self._settings.publish_give_up_seconds + FINISH_MARGIN_SECONDS
+                # asyncio.wait neither cancels the publish nor raises if it was cancelled.
+                confirmed, _ = await asyncio.wait({self._ended}, timeout=bound)
+                if not confirmed:
+                    log.error("call.ended_not_confirmed", reason=reason)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
         if self._bus_connected is not None:
             self._bus_connected.cancel()
             await asyncio.gather(self._bus_connected, return_exceptions=True)

@@ -46,22 +46,20 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class TestCallPlan:
-    """A browser test call: the agent by id, the session id minted by token-service."""
+    """A browser test call: the agent by id. (Its session id is `session_id_for`'s.)"""
 
     __test__ = False  # not a pytest test class
 
     room_name: str
     agent_id: uuid.UUID
-    session_id: uuid.UUID
 
 
 @dataclass(frozen=True)
 class PhoneCallPlan:
-    """A phone call: the agent by the dialled number, the session id derived from the CallSid."""
+    """A phone call: the agent by the dialled number. (Its session id is `session_id_for`'s.)"""
 
     room_name: str
     number: str
-    session_id: uuid.UUID
     call_sid: str | None = None
     caller_number: str | None = None
 
@@ -87,7 +85,8 @@ def session_id_for(room_name: str, metadata: str, attributes: Mapping[str, str] 
     """The session id of a job: the caller's CallSid for phone calls, else the dispatch metadata's
     `session_id`, else derived from the room name.
 
-    Computed before the call is planned, so that a refusal is reported on the right session too.
+    The one place a job's session id comes from: the job computes it before the call is planned
+    (so that a refusal is reported on the right session too) and again once the caller is known.
     """
     call_sid = (attributes or {}).get(SIP_CALL_SID)
     if call_sid:
@@ -143,11 +142,7 @@ def _plan_test_call(room: TestRoom, metadata: str) -> TestCallPlan:
     named = body.get("agent_id")
     if named is not None and str(named).lower() != str(room.agent_id):
         raise PlanError("the dispatch metadata names another agent than the room")
-    return TestCallPlan(
-        room_name=room.name,
-        agent_id=room.agent_id,
-        session_id=session_id_for(room.name, metadata),
-    )
+    return TestCallPlan(room_name=room.name, agent_id=room.agent_id)
 
 
 def _plan_phone_call(room: PhoneRoom, attributes: Mapping[str, str]) -> PhoneCallPlan:
@@ -160,7 +155,6 @@ def _plan_phone_call(room: PhoneRoom, attributes: Mapping[str, str]) -> PhoneCal
     return PhoneCallPlan(
         room_name=room.name,
         number=room.number,
-        session_id=session_id_for(room.name, "", attributes),
         call_sid=call_sid,
         caller_number=attributes.get(SIP_CALLER_NUMBER) or None,
     )
@@ -231,8 +225,10 @@ def webhook_request(
 ) -> WebhookRequest:
     """The request for a call of `tool`: JSON body (query string for GET), signed when it has a secret.
 
-    The signed payload is the body, or the query string for GET, so the receiver verifies exactly
-    the bytes it parses.
+    The signed payload is the body, or for GET the whole query string (the tool URL's own query
+    included), so the receiver verifies exactly the bytes it parses. `url` is already encoded and
+    must be sent as it is (yarl's ``URL(url, encoded=True)``): re-quoting it would decode ``/``, ``:``
+    and ``@`` in the arguments and break the signature.
     """
     headers = {
         "User-Agent": "agentline-worker",
@@ -244,11 +240,8 @@ def webhook_request(
     url = str(tool.url)
     body: bytes | None
     if tool.method == "GET":
-        payload = urlencode(
-            {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
-        ).encode()
-        if payload:
-            url = f"{url}{'&' if '?' in url else '?'}{payload.decode()}"
+        url, query = _with_query(url, arguments)
+        payload = query.encode()
         body = None
     else:
         payload = json.dumps(dict(arguments), separators=(",", ":"), sort_keys=True).encode()
@@ -258,6 +251,15 @@ def webhook_request(
         headers[TIMESTAMP_HEADER] = str(timestamp)
         headers[SIGNATURE_HEADER] = signature(secret, timestamp=timestamp, payload=payload)
     return WebhookRequest(method=tool.method, url=url, headers=headers, body=body)
+
+
+def _with_query(url: str, arguments: Mapping[str, Any]) -> tuple[str, str]:
+    """`url` with `arguments` added to its query, and that whole query, percent-encoded; the
+    fragment is dropped (it is never sent)."""
+    base, _, query = url.partition("#")[0].partition("?")
+    encoded = urlencode({k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()})
+    query = "&".join(part for part in (query, encoded) if part)
+    return (f"{base}?{query}" if query else base), query
 
 
 def tool_result_text(*, status: int, body: str) -> str:
@@ -273,6 +275,12 @@ def tool_failure_text(tool_name: str, *, status: int | None, body: str = "") -> 
     detail = body.strip()[:300]
     suffix = f": {detail}" if detail else ""
     return f"The tool {tool_name} failed with HTTP {status}{suffix}"
+
+
+def tool_unconfigured_text(tool_name: str) -> str:
+    """What the model reads when a tool names a signing secret the worker does not have: the call is
+    not made, so the model must not claim it was."""
+    return f"The tool {tool_name} is not configured. Tell the caller it is unavailable."
 
 
 # transcript, metrics, end reasons
@@ -362,12 +370,14 @@ def dispatch_timeline(
     return {name: round((end - start) * 1000, 1) for name, start, end in steps if start > 0 and end > 0}
 
 
-def started_event(plan: SessionPlan, agent: AgentConfig, *, worker_id: str, job_id: str) -> SessionStarted:
+def started_event(
+    plan: SessionPlan, agent: AgentConfig, *, session_id: uuid.UUID, worker_id: str, job_id: str
+) -> SessionStarted:
     """`session.started`: the worker joined the room and the agent is live."""
     return SessionStarted(
         org_id=agent.org_id,
         agent_id=agent.id,
-        session_id=plan.session_id,
+        session_id=session_id,
         data=SessionStartedData(room_name=plan.room_name, worker=worker_id, job=job_id),
     )
 

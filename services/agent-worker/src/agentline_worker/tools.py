@@ -1,9 +1,9 @@
 """The agent's tools as livekit-agents function tools: HTTP webhooks from the agent's config, and the
 built-in end_call.
 
-A webhook failure of any kind (bad arguments, timeout, connection refused, non-2xx) becomes a
-ToolError, whose message livekit-agents hands to the model as the tool's result: the model tells
-the caller, the session goes on.
+A webhook failure of any kind (bad arguments, a missing signing secret, timeout, connection refused,
+non-2xx) becomes a ToolError, whose message livekit-agents hands to the model as the tool's result:
+the model tells the caller, the session goes on.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from agentline_common.agents import WebhookTool
 from livekit.agents import FunctionTool, RunContext, ToolError, function_tool
 from livekit.agents.llm import RawFunctionTool
 from pydantic import SecretStr
+from yarl import URL
 
 from agentline_worker.service import (
     argument_errors,
     tool_failure_text,
     tool_result_text,
+    tool_unconfigured_text,
     webhook_request,
 )
 
@@ -46,8 +48,12 @@ def webhook_tool(
 ) -> RawFunctionTool[..., Any]:
     """A raw function tool that validates its arguments, then calls `tool`'s URL, signed."""
     secret = _secret_for(tool, secrets)
+    unsigned = tool.secret_ref is not None and secret is None
 
     async def call(raw_arguments: dict[str, object]) -> str:
+        if unsigned:
+            # Fail closed: an unsigned call would reach a receiver that trusts it, or be refused.
+            raise ToolError(tool_unconfigured_text(tool.name))
         problems = argument_errors(tool.parameters, raw_arguments)
         if problems is not None:
             log.info("tool.arguments_invalid", tool=tool.name, problems=problems)
@@ -64,7 +70,7 @@ def webhook_tool(
         try:
             async with http.request(
                 request.method,
-                request.url,
+                URL(request.url, encoded=True),  # the signed bytes, not re-quoted
                 data=request.body,
                 headers=request.headers,
                 timeout=aiohttp.ClientTimeout(total=tool.timeout_seconds),
@@ -103,7 +109,7 @@ def _secret_for(tool: WebhookTool, secrets: Mapping[str, SecretStr]) -> bytes | 
         return None
     secret = secrets.get(tool.secret_ref)
     if secret is None:
-        # Unsigned requests would be refused by a receiver that checks; say so loudly, once.
+        # The tool cannot be called at all (see `webhook_tool`); say so loudly, once per call.
         log.error("tool.secret_missing", tool=tool.name, secret_ref=tool.secret_ref)
         return None
     return secret.get_secret_value().encode()
