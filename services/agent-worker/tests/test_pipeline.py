@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from agentline_worker.job import job_vad
 from agentline_worker.pipeline import CallRecord, build_session, model_client
 from agentline_worker.service import SIGNATURE_HEADER, TIMESTAMP_HEADER, ended_event, verify_signature
 from agentline_worker.settings import WorkerSettings
+from agentline_worker.tools import tool_http_session
 from aiohttp import web
 from livekit import rtc
 from livekit.agents import AgentSession, APIStatusError, CloseEvent, CloseReason, vad
@@ -159,9 +161,13 @@ def vad_model() -> vad.VAD:
     return silero.VAD.load()
 
 
+LOOPBACK_ALLOWED = [ip_network("127.0.0.0/8")]
+"""The test webhook server listens on loopback, which tools may call only when the operator says so."""
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with tool_http_session(LOOPBACK_ALLOWED) as session:
         yield session
 
 
@@ -172,11 +178,13 @@ async def start_call(
     http: aiohttp.ClientSession,
     vad_model: vad.VAD,
     secret: bytes = b"",
+    allowed: list[IPv4Network | IPv6Network] = LOOPBACK_ALLOWED,
 ) -> TextCall:
     settings = WorkerSettings(
         openai_base_url=fake.base_url,
         openai_api_key=SecretStr(fake.api_key or ""),
         tool_secrets={SECRET_REF: SecretStr(secret.decode())} if secret else {},
+        tool_allowed_networks=allowed,
     )
     record = CallRecord()
     models = model_client(settings)
@@ -271,6 +279,29 @@ async def test_a_get_tool_call_is_signed_over_the_query_it_sends(
         assert webhook.calls[0]["query"] == {"tenant": "acme", "order_id": "A-17", "note": note}
     finally:
         await call.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_a_tool_may_not_call_into_the_platforms_own_network(
+    fake_openai: FakeOpenAI, webhook: WebhookServer, vad_model: vad.VAD, host: str
+) -> None:
+    """An address in the URL is checked before the request, a name where it is resolved."""
+    config = agent_config(webhook=webhook)
+    config.tools[0].url = webhook.url.replace("127.0.0.1", host)
+    async with tool_http_session([]) as guarded:
+        call = await start_call(
+            config, fake=fake_openai, http=guarded, vad_model=vad_model, secret=webhook.secret, allowed=[]
+        )
+        try:
+            fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17"})
+            fake_openai.reply("I cannot look that up right now.")
+            result: RunResult[None] = await call.session.run(user_input="Where is order A-17?")
+            outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+            assert len(outputs) == 1 and outputs[0].is_error
+            assert webhook.calls == []
+            assert messages(result) == ["I cannot look that up right now."]
+        finally:
+            await call.close()
 
 
 async def test_invalid_arguments_are_told_to_the_model_without_a_request(

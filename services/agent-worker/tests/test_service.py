@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from ipaddress import ip_address, ip_network
 
 import pytest
 from agentline_common.agents import AgentConfig, WebhookTool
@@ -23,6 +24,7 @@ from agentline_worker.service import (
     accepts_room,
     argument_errors,
     correlation_id_for,
+    destination_refusal,
     dispatch_timeline,
     end_reason,
     ended_event,
@@ -320,3 +322,22 @@ def test_the_dispatch_timeline_leaves_out_steps_with_unknown_times() -> None:
         received_at=0.0, accepted_at=0.0, assigned_at=0.0, launched_at=0.0, entered_at=5.0, joined_at=5.25
     )
     assert timeline == {"connect_ms": 250.0}
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        *("127.0.0.1", "10.1.2.3", "172.16.5.4", "192.168.1.1", "169.254.169.254", "0.0.0.0"),
+        *("::1", "fe80::1", "fd00::1"),
+    ],
+)
+def test_tools_may_not_call_non_public_addresses(address: str) -> None:
+    refusal = destination_refusal(ip_address(address), allowed=[])
+    assert refusal is not None and "TOOL_ALLOWED_NETWORKS" in refusal
+
+
+def test_tools_may_call_public_addresses_and_networks_the_operator_allowed() -> None:
+    assert destination_refusal(ip_address("93.184.216.34"), allowed=[]) is None
+    assert destination_refusal(ip_address("2606:2800:220:1::1"), allowed=[]) is None
+    assert destination_refusal(ip_address("10.20.3.4"), allowed=[ip_network("10.20.0.0/16")]) is None
+    assert destination_refusal(ip_address("10.21.3.4"), allowed=[ip_network("10.20.0.0/16")]) is not None

@@ -46,6 +46,7 @@ from agentline_worker.service import (
     started_event,
 )
 from agentline_worker.settings import WorkerSettings
+from agentline_worker.tools import tool_http_session
 
 log = structlog.get_logger()
 
@@ -138,7 +139,7 @@ class Clients:
             bus=bus,
             redis=redis,
             registry=registry,
-            http=aiohttp.ClientSession(),
+            http=tool_http_session(settings.tool_allowed_networks),
             models=model_client(settings),
         )
 

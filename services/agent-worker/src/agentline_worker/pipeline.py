@@ -175,6 +175,7 @@ def build_session(
         webhook_tool(
             tool,
             http=http,
+            allowed=settings.tool_allowed_networks,
             secrets=settings.tool_secrets,
             agent_id=config.id,
             session_id=session_id,

@@ -8,9 +8,10 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 from urllib.parse import urlencode
 
@@ -260,6 +261,22 @@ def _with_query(url: str, arguments: Mapping[str, Any]) -> tuple[str, str]:
     encoded = urlencode({k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()})
     query = "&".join(part for part in (query, encoded) if part)
     return (f"{base}?{query}" if query else base), query
+
+
+def destination_refusal(
+    address: IPv4Address | IPv6Address, *, allowed: Sequence[IPv4Network | IPv6Network]
+) -> str | None:
+    """Why a tool may not call `address`, or None when it may.
+
+    Agents are configured by the organisations' users, so a tool URL must not become a way into the
+    platform's own network: loopback, private, link-local (cloud metadata) and other non-public
+    addresses are refused unless the operator allowed their network (`TOOL_ALLOWED_NETWORKS`).
+    """
+    if any(address in network for network in allowed):
+        return None
+    if address.is_global and not address.is_multicast:
+        return None
+    return f"{address} is not a public address (allow its network in TOOL_ALLOWED_NETWORKS)"
 
 
 def tool_result_text(*, status: int, body: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from agentline_common.settings import CommonSettings
-from pydantic import Field, SecretStr
+from pydantic import Field, IPvAnyNetwork, SecretStr
 
 
 class WorkerSettings(CommonSettings):
@@ -22,6 +22,9 @@ class WorkerSettings(CommonSettings):
 
     tool_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     """Signing secrets of webhook tools as JSON ``{"secret_ref": "secret"}``; agents name a ref."""
+    tool_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Networks tools may call although they are not public, as JSON (``["10.20.0.0/16"]``): where
+    your own tool services run. Everything else non-public (loopback, private, link-local) is refused."""
 
     health_host: str = "127.0.0.1"
     health_port: int = 8104

@@ -8,9 +8,11 @@ the model tells the caller, the session goes on.
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,7 @@ from yarl import URL
 
 from agentline_worker.service import (
     argument_errors,
+    destination_refusal,
     tool_failure_text,
     tool_result_text,
     tool_unconfigured_text,
@@ -37,16 +40,57 @@ END_CALL_DESCRIPTION = (
 )
 END_CALL_INSTRUCTIONS = "Say a short goodbye to the caller; the call ends after it."
 
+Networks = Sequence[IPv4Network | IPv6Network]
+
+
+class DestinationRefused(OSError):
+    """A tool's host is, or resolves to, an address tools may not call (see `destination_refusal`)."""
+
+
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver, refusing names that resolve to addresses tools may not call.
+
+    The check sits where the connection's addresses are chosen, so a name that resolves to a public
+    address when checked and to an internal one when connecting (DNS rebinding) gains nothing.
+    """
+
+    def __init__(self, allowed: Networks) -> None:
+        self._allowed = allowed
+        self._resolver = aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        for result in results:
+            refusal = destination_refusal(ip_address(result["host"]), allowed=self._allowed)
+            if refusal is not None:
+                raise DestinationRefused(f"{host}: {refusal}")
+        return results
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def tool_http_session(allowed: Networks) -> aiohttp.ClientSession:
+    """The HTTP session tools call through: it connects only where `destination_refusal` allows."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=GuardedResolver(allowed)))
+
 
 def webhook_tool(
     tool: WebhookTool,
     *,
     http: aiohttp.ClientSession,
+    allowed: Networks,
     secrets: Mapping[str, SecretStr],
     agent_id: uuid.UUID,
     session_id: uuid.UUID | None,
 ) -> RawFunctionTool[..., Any]:
-    """A raw function tool that validates its arguments, then calls `tool`'s URL, signed."""
+    """A raw function tool that validates its arguments, then calls `tool`'s URL, signed.
+
+    `http` must come from `tool_http_session(allowed)`: it refuses names that resolve to addresses
+    tools may not call; an address written in the URL itself is checked here.
+    """
     secret = _secret_for(tool, secrets)
     unsigned = tool.secret_ref is not None and secret is None
 
@@ -66,6 +110,7 @@ def webhook_tool(
             session_id=session_id,
             agent_id=agent_id,
         )
+        _refuse_literal_destination(tool, request.url, allowed)
         started = time.perf_counter()
         try:
             async with http.request(
@@ -85,7 +130,10 @@ def webhook_tool(
                 "Tell the caller it is unavailable right now."
             ) from error
         except aiohttp.ClientError as error:
-            log.warning("tool.unreachable", tool=tool.name, error=type(error).__name__)
+            if isinstance(error.__cause__, DestinationRefused):
+                log.warning("tool.destination_refused", tool=tool.name, detail=str(error.__cause__ or error))
+            else:
+                log.warning("tool.unreachable", tool=tool.name, error=type(error).__name__)
             raise ToolError(tool_failure_text(tool.name, status=None)) from error
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         if not 200 <= status < 300:
@@ -102,6 +150,18 @@ def webhook_tool(
             "parameters": tool.parameters,
         },
     )
+
+
+def _refuse_literal_destination(tool: WebhookTool, url: str, allowed: Networks) -> None:
+    """aiohttp does not resolve an address written in the URL, so the resolver never sees it."""
+    try:
+        address = ip_address(URL(url, encoded=True).host or "")
+    except ValueError:
+        return  # a name: GuardedResolver checks what it resolves to
+    refusal = destination_refusal(address, allowed=allowed)
+    if refusal is not None:
+        log.warning("tool.destination_refused", tool=tool.name, detail=refusal)
+        raise ToolError(tool_failure_text(tool.name, status=None))
 
 
 def _secret_for(tool: WebhookTool, secrets: Mapping[str, SecretStr]) -> bytes | None:
