@@ -260,6 +260,22 @@ def own_worker(
             shutil.rmtree(worker.base_dir, ignore_errors=True)
 
 
+async def first_phone_call(
+    registry: RegistryService,
+    worker: WorkerService,
+    livekit_server: Any,
+    livekit_api: api.LiveKitAPI,
+    session_events: SessionEvents,
+) -> Tenant:
+    """A whole call to a fresh tenant's number, which leaves its agent in the look-up cache, as the
+    gateway's look-up does for a real call; the tenant."""
+    tenant, room, caller, session_id = await start_phone_call(registry, worker, livekit_server, livekit_api)
+    await session_events.wait_for(SessionStarted, session_id)
+    await caller.disconnect()
+    await wait_for_agent_to_leave(livekit_api, room)
+    return tenant
+
+
 async def start_phone_call(
     registry: RegistryService,
     worker: WorkerService,
@@ -373,13 +389,9 @@ async def test_a_call_that_starts_while_the_broker_is_down_is_answered_and_logge
     session_events: SessionEvents,
     rabbitmq: Any,
 ) -> None:
-    # A first call leaves the agent in the look-up cache, as the gateway's look-up does for a real call.
-    tenant, first_room, first_caller, first_session = await start_phone_call(
-        running_registry, worker_service, livekit_server, livekit_api
+    tenant = await first_phone_call(
+        running_registry, worker_service, livekit_server, livekit_api, session_events
     )
-    await session_events.wait_for(SessionStarted, first_session)
-    await first_caller.disconnect()
-    await wait_for_agent_to_leave(livekit_api, first_room)
 
     await asyncio.to_thread(rabbitmq.stop)
     try:
@@ -449,13 +461,7 @@ async def test_a_long_call_begun_in_a_broker_outage_reports_its_end_once_the_bro
     """The bus gave up connecting during the call (after `PUBLISH_GIVE_UP_SECONDS`); the broker is
     back when the call ends, and its end is reported, not lost."""
     worker = await asyncio.to_thread(own_worker, 60, PUBLISH_GIVE_UP_SECONDS="2")
-    # A first call leaves the agent in the look-up cache, as the gateway's look-up does for a real call.
-    tenant, first_room, first_caller, first_session = await start_phone_call(
-        running_registry, worker, livekit_server, livekit_api
-    )
-    await session_events.wait_for(SessionStarted, first_session)
-    await first_caller.disconnect()
-    await wait_for_agent_to_leave(livekit_api, first_room)
+    tenant = await first_phone_call(running_registry, worker, livekit_server, livekit_api, session_events)
 
     await asyncio.to_thread(rabbitmq.stop)
     try:
