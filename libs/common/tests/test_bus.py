@@ -339,6 +339,33 @@ async def test_no_event_lost_across_a_broker_restart(rabbitmq: Any, make_bus: An
     assert seen == {event.id for event in events}
 
 
+async def test_an_event_held_across_a_broker_restart_holds_up_nothing_after_it(
+    rabbitmq: Any, make_bus: Any
+) -> None:
+    """A held delivery of the closed channel is still around when the new channel's deliveries come
+    (aio-pika refuses to name a closed channel): they must be handled, not stranded unacked."""
+    consumer_bus, publisher_bus = await make_bus(), await make_bus()
+    processed = InMemoryProcessedEvents(claim_seconds=120)
+    handled: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+
+    async def handle(events: Sequence[Event]) -> None:
+        for event in events:
+            await handled.put(event.id)
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await consumer_bus.consume_batches(
+        queue=queue, routing_keys=["agent.changed"], handler=handle, processed=processed
+    )
+    held, after = (AgentChanged(agent_id=uuid.uuid4(), data=AgentChangedData(change="updated")) for _ in "ab")
+    await processed.claim(queue, [held.id])  # claimed by a delivery that died: held for two minutes
+    await publisher_bus.publish(held)
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(rabbitmq.stop)
+    await asyncio.to_thread(rabbitmq.start)
+    await publisher_bus.publish_reliably(after, give_up_after=60)
+    assert await asyncio.wait_for(handled.get(), 30) == after.id
+
+
 async def test_batches_apply_each_event_once_and_dead_letter_only_the_poison(
     make_bus: Any, amqp_url: str, redis_url: str
 ) -> None:

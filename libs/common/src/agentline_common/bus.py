@@ -39,7 +39,7 @@ from aio_pika.abc import (
     AbstractRobustExchange,
 )
 from aio_pika.connection import make_url
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 from aio_pika.exceptions import PublishError as ReturnedError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -484,6 +484,11 @@ class _EventDelivery:
                 log.warning("bus.batch_abandoned", queue=self._queue, size=len(batch), error=repr(error))
 
     async def _handle(self, batch: list[_Delivery]) -> None:
+        # A delivery of a channel that closed since (a broker restart) comes again on the new one;
+        # handling this copy could only fail at its ack, and take the rest of the batch with it.
+        batch = [delivery for delivery in batch if _open_channel(delivery[0]) is not None]
+        if not batch:
+            return
         try:
             claims = await self._processed.claim(self._queue, [event.id for _, event in batch])
         except Exception as error:
@@ -523,10 +528,12 @@ class _EventDelivery:
     def _nothing_unsettled_before(self, deliveries: list[_Delivery]) -> bool:
         """Whether one `multiple` ack of the last of `deliveries` would settle only them: no held or
         waiting delivery of their channel has a lower tag."""
-        channel = deliveries[0][0].channel
+        channel = _open_channel(deliveries[0][0])
+        if channel is None:
+            return False
         last = max(message.delivery_tag or 0 for message, _ in deliveries)
         return all(
-            message.channel is not channel or (message.delivery_tag or 0) > last
+            _open_channel(message) is not channel or (message.delivery_tag or 0) > last
             for message, _ in (*self._waiting, *self._held)
         )
 
@@ -576,6 +583,15 @@ class _EventDelivery:
         await asyncio.sleep(0.05)
         for message, _ in deliveries:
             await message.nack(requeue=True)
+
+
+def _open_channel(message: AbstractIncomingMessage) -> object | None:
+    """The channel `message` came on, or None once it closed (aio-pika raises then): the broker
+    delivers its unacked messages again on the new channel, so a closed one holds nothing to settle."""
+    try:
+        return message.channel
+    except ChannelInvalidStateError:
+        return None
 
 
 async def _ack(deliveries: list[_Delivery], *, together: bool) -> None:
