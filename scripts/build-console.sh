@@ -55,13 +55,17 @@ if [[ -f "${dir}/.complete" ]]; then
 else
     # Keep the two most recently used builds besides this one (a running `make up` may serve one
     # of them); half-made ones are left by interrupted builds (we hold the lock).
+    shopt -s nullglob # a first build finds none of these
     for old in "${cache}"/agentline-console-*/; do
         [[ -f "${old}.complete" ]] || rm -rf "${old}"
     done
-    # shellcheck disable=SC2012 # the names are hex hashes
-    ls -1t "${cache}"/agentline-console-*/.complete 2>/dev/null | tail -n +3 | while read -r stamp; do
-        rm -rf "$(dirname "${stamp}")"
-    done
+    stamps=("${cache}"/agentline-console-*/.complete)
+    if ((${#stamps[@]} > 2)); then
+        # shellcheck disable=SC2012 # the names are hex hashes
+        ls -1t "${stamps[@]}" | tail -n +3 | while read -r stamp; do
+            rm -rf "$(dirname "${stamp}")"
+        done
+    fi
     rm -rf "${dir}"
     mkdir -p "${dir}"
     say "building the console into ${dir#"${root}/"} (a minute or two)"
