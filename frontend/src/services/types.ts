@@ -91,6 +91,8 @@ export interface SessionRead {
   from_number: string | null;
   to_number: string | null;
   end_reason: string | null;
+  /** Why the call ended, in words (e.g. which dependency failed), when the worker said. */
+  end_detail: string | null;
   duration_seconds: number | null;
   transcript: TranscriptEntry[];
   turns: TurnMetrics[];

@@ -101,7 +101,7 @@ async def world(registry: RunningApp) -> World:
                     session_id=session_id,
                     agent_id=agent_id,
                     org_id=org_id,
-                    data=SessionEndedData(reason="completed"),
+                    data=SessionEndedData(reason="completed", detail="the caller said goodbye"),
                 )
             ],
         )
@@ -436,6 +436,7 @@ async def test_sessions_of_an_agent_and_one_session(world: World) -> None:
     assert [row["id"] for row in page.json()["items"]] == [str(world.session_id)]
     one = await client.get(f"/api/v1/sessions/{world.session_id}", headers=headers)
     assert one.json()["status"] == "ended"
+    assert one.json()["end_detail"] == "the caller said goodbye"
     assert one.json()["transcript"] == []
     assert (await client.get(f"/api/v1/sessions/{uuid.uuid4()}", headers=headers)).status_code == 404
 

@@ -117,7 +117,7 @@ export function SessionLog({ agentId, refreshKey }: { agentId: string; refreshKe
                       <td className="mono">
                         {session.kind === "phone" ? `${session.from_number ?? "unknown"} → ${session.to_number ?? ""}` : "Browser"}
                       </td>
-                      <td>{session.end_reason ?? "—"}</td>
+                      <td title={session.end_detail ?? undefined}>{session.end_reason ?? "—"}</td>
                       <td>
                         <button
                           type="button"

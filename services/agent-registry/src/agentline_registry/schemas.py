@@ -199,6 +199,7 @@ class SessionRead(BaseModel):
     from_number: str | None
     to_number: str | None
     end_reason: str | None
+    end_detail: str | None
     duration_seconds: float | None
     transcript: list[dict[str, Any]]
     turns: list[dict[str, Any]]
