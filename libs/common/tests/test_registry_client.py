@@ -16,6 +16,7 @@ from agentline_common.registry_client import (
     RegistryClient,
     RegistryUnavailable,
     agent_key,
+    last_known_key,
     number_key,
 )
 from agentline_common.rooms import InvalidPhoneNumber
@@ -98,6 +99,65 @@ async def test_cached_lookups_need_no_broker(
     assert (reader.misses, reader.hits) == (0, 2)
     with pytest.raises(InvalidPhoneNumber, match=r"E\.164"):
         await reader.cached_agent_by_number("0800 not a number")
+
+
+DAY = 86_400
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def unserved_bus(running_registry: RegistryService) -> AsyncIterator[Bus]:
+    """A connected bus whose look-ups nobody answers: the registry cannot be asked."""
+    bus = Bus(running_registry.amqp_url, exchange=f"unserved-{secrets.token_hex(4)}")
+    await bus.connect()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def test_the_last_answer_stands_in_while_the_registry_cannot_be_asked(
+    running_registry: RegistryService, registry_bus: Bus, unserved_bus: Bus, redis: Redis
+) -> None:
+    number = random_e164()
+    tenant = running_registry.new_tenant(number=number)
+    keeper = RegistryClient(bus=registry_bus, redis=redis, last_known_seconds=DAY)  # as the token-service's
+    answered = await keeper.get_agent(tenant.agent_id)
+    assert DAY - 60 < await redis.ttl(last_known_key(number_key(number))) <= DAY
+    await redis.delete(agent_key(tenant.agent_id), number_key(number))  # the cache's minute is over
+
+    stale = RegistryClient(bus=unserved_bus, redis=redis, timeout=0.3, answer_stale=True)
+    assert await stale.agent_by_number(number) == answered
+    assert await stale.get_agent(tenant.agent_id) == answered
+    with pytest.raises(RegistryUnavailable):
+        await stale.get_agent(uuid.uuid4())  # never answered: nothing to stand in
+    assert (stale.misses, stale.stale, stale.hits) == (3, 2, 0)
+    metrics = CollectorRegistry()
+    stale.register_metrics(metrics)
+    assert 'agentline_agent_lookups_total{result="stale"} 2.0' in generate_latest(metrics).decode()
+
+    with pytest.raises(RegistryUnavailable):
+        await RegistryClient(bus=unserved_bus, redis=redis, timeout=0.3).get_agent(tenant.agent_id)
+
+
+async def test_a_changed_agent_is_not_answered_stale(
+    running_registry: RegistryService, registry_bus: Bus, unserved_bus: Bus, redis: Redis
+) -> None:
+    """agent.changed drops the last known answers with the cached ones (the registry's own client
+    does it, whichever services run): an agent deactivated while the broker was up does not take
+    calls from its old config once the registry cannot be asked."""
+    number = random_e164()
+    tenant = running_registry.new_tenant(number=number)
+    await RegistryClient(bus=registry_bus, redis=redis).agent_by_number(number)
+    kept = [last_known_key(agent_key(tenant.agent_id)), last_known_key(number_key(number))]
+    assert await redis.exists(*kept) == 2
+
+    await asyncio.to_thread(running_registry.set_active, tenant.token, tenant.agent_id, False)
+    async with asyncio.timeout(5):
+        while await redis.exists(*kept):
+            await asyncio.sleep(0.05)
+    stale = RegistryClient(bus=unserved_bus, redis=redis, timeout=0.3, answer_stale=True)
+    with pytest.raises(RegistryUnavailable):
+        await stale.agent_by_number(number)
 
 
 async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:

@@ -304,7 +304,7 @@ async def test_broker_down_past_the_lookup_cache_still_bridges_a_number_answered
         await asyncio.to_thread(rabbitmq.start)
 
     assert dialled_uri(first.text) == dialled_uri(response.text) == f"sip:{owner.number}@127.0.0.1:5060"
-    assert "agentline_telephony_lookups_answered_stale 1.0" in metrics.text
+    assert 'agentline_agent_lookups_total{result="stale"} 1.0' in metrics.text
     seen = await events.wait_for(2, timeout=90)
     assert phone_session_id(form["CallSid"]) in {event.session_id for event in seen}
 

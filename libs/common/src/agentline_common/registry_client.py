@@ -5,6 +5,13 @@ for `local_ttl_seconds` (one second), so a hot agent costs no network round trip
 drop an entry as soon as an `agent.changed` event arrives (`start` subscribes this process), so a
 deactivated agent is refused everywhere within the broker's delivery time; were an event missed, the
 process layer still forgets within a second and Redis within its TTL.
+
+Each answer is also kept in Redis for `last_known_seconds` (a day), and a client made with
+`answer_stale` gives it when the registry cannot be asked (stale on error): with the broker down for
+longer than the cache's minute, a phone call still reaches the agent its number had, in the gateway
+and in the worker alike, instead of an apology. `agent.changed` drops these entries too, so only a
+change made while the broker is down goes unseen until it is back. The token-service keeps answers
+but never gives a stale one: it must say 503 when the registry cannot be asked.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ log = structlog.get_logger()
 
 DEFAULT_TTL_SECONDS = 60
 DEFAULT_LOCAL_TTL_SECONDS = 1.0
+DEFAULT_LAST_KNOWN_SECONDS = 86_400
 LOCAL_CACHE_SIZE = 4096
 
 
@@ -51,6 +59,11 @@ def number_key(number: str) -> str:
     return f"agentline:agent:number:{number}"
 
 
+def last_known_key(key: str) -> str:
+    """Where the answer cached under `key` is kept for `last_known_seconds`."""
+    return "agentline:last-known:" + key.removeprefix("agentline:")
+
+
 class RegistryClient:
     """Agent look-ups with a shared Redis cache in front of the registry's RPC."""
 
@@ -62,6 +75,8 @@ class RegistryClient:
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         local_ttl_seconds: float = DEFAULT_LOCAL_TTL_SECONDS,
         timeout: float = DEFAULT_RPC_TIMEOUT,
+        last_known_seconds: int = DEFAULT_LAST_KNOWN_SECONDS,
+        answer_stale: bool = False,
     ) -> None:
         self._bus = bus
         self._redis = redis
@@ -69,8 +84,12 @@ class RegistryClient:
         self._local_ttl = local_ttl_seconds
         self._local: OrderedDict[str, tuple[float, AgentConfig]] = OrderedDict()
         self._timeout = timeout
+        self._last_known_for = last_known_seconds
+        self._answer_stale = answer_stale
         self.hits = 0
         self.misses = 0
+        self.stale = 0
+        """Look-ups answered from the last known agent because the registry could not be asked."""
 
     async def start(self) -> None:
         """Subscribe this process to `agent.changed` so cached entries are dropped when they change."""
@@ -101,12 +120,13 @@ class RegistryClient:
         keys = [agent_key(event.agent_id), *(number_key(n) for n in event.data.phone_numbers)]
         self._forget_locally(keys)
         try:
-            await self._redis.delete(*keys)
+            await self._redis.delete(*keys, *map(last_known_key, keys))
         except RedisError:
             log.warning("registry_client.invalidation_failed", agent_id=str(event.agent_id))
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Export look-ups by where they were answered (cache hit rate = hit / (hit + miss))."""
+        """Export look-ups by where they were answered (cache hit rate = hit / (hit + miss); stale
+        counts misses answered from the last known agent)."""
         registry.register(_LookupCollector(self))
 
     def clear_local_cache(self) -> None:
@@ -118,7 +138,10 @@ class RegistryClient:
         if cached is not None:
             return cached
         self.misses += 1
-        agent = await self._ask_registry(method, params)
+        try:
+            agent = await self._ask_registry(method, params)
+        except RegistryUnavailable as error:
+            return await self._last_known(key, error)
         await self._write_cache(agent)
         self._write_local(key, agent)
         return agent
@@ -167,6 +190,15 @@ class RegistryClient:
         except ValidationError as error:
             raise RegistryUnavailable(f"the registry answered {method} unreadably") from error
 
+    async def _last_known(self, key: str, error: RegistryUnavailable) -> AgentConfig:
+        """The registry's last answer for `key` within `last_known_seconds`, or `error` raised."""
+        stale = await self._read_cache(last_known_key(key)) if self._answer_stale else None
+        if stale is None:
+            raise error
+        self.stale += 1
+        log.warning("registry_client.answered_stale", key=key, error=str(error))
+        return stale
+
     async def _read_cache(self, key: str) -> AgentConfig | None:
         try:
             raw = await self._redis.get(key)
@@ -184,9 +216,9 @@ class RegistryClient:
         body = json.dumps(agent.model_dump(mode="json"))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(agent_key(agent.id), body, ex=self._ttl)
-                for number in agent.phone_numbers:
-                    pipe.set(number_key(number), body, ex=self._ttl)
+                for key in [agent_key(agent.id), *map(number_key, agent.phone_numbers)]:
+                    pipe.set(key, body, ex=self._ttl)
+                    pipe.set(last_known_key(key), body, ex=self._last_known_for)
                 await pipe.execute()
         except RedisError:
             log.warning("registry_client.cache_write_failed", agent_id=str(agent.id))
@@ -204,4 +236,5 @@ class _LookupCollector(Collector):
         )
         lookups.add_metric(["hit"], self._client.hits)
         lookups.add_metric(["miss"], self._client.misses)
+        lookups.add_metric(["stale"], self._client.stale)
         yield lookups

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,11 @@ class CommonSettings(BaseSettings):
     """The WebSocket URL browsers use; falls back to `livekit_url` when empty."""
     livekit_api_key: SecretStr | None = None
     livekit_api_secret: SecretStr | None = None
+
+    last_known_agent_max_age_seconds: int = Field(default=86_400, gt=0)
+    """How long each look-up's answer is kept, to route an agent's or a number's calls while the
+    registry cannot be asked (the telephony gateway and the worker do; the token-service only keeps
+    answers). See `registry_client`."""
 
     jwks_url: str = "http://127.0.0.1:8101/.well-known/jwks.json"
     jwt_issuer: str = "agentline-registry"

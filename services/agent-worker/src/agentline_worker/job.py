@@ -13,6 +13,7 @@ per process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
@@ -134,7 +135,13 @@ class Clients:
         `bus.connect()` is awaited."""
         bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
         redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2)
-        registry = RegistryClient(bus=bus, redis=redis, timeout=settings.registry_timeout_seconds)
+        registry = RegistryClient(
+            bus=bus,
+            redis=redis,
+            timeout=settings.registry_timeout_seconds,
+            last_known_seconds=settings.last_known_agent_max_age_seconds,
+            answer_stale=True,
+        )
         return cls(
             bus=bus,
             redis=redis,
@@ -255,7 +262,8 @@ class Call:
         number), so the look-up need not wait for the join or the caller. Whether the call may go
         to that agent is decided afterwards, by `plan_session` and `refusal`. The cache usually
         holds the agent (the token-service or the gateway just looked it up), so only a miss waits
-        for the broker's handshake.
+        for the broker's handshake. Without the broker, the registry client answers from the agent's
+        last known config, as the gateway did when it bridged the call.
         """
         try:
             room = parse_room_name(self._room_name)
@@ -265,7 +273,8 @@ class Call:
                 cached = await registry.cached_agent(room.agent_id)
             if cached is not None:
                 return cached
-            await asyncio.wait_for(asyncio.shield(bus_connected), self._settings.registry_timeout_seconds)
+            with contextlib.suppress(BusUnavailable, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(bus_connected), self._settings.registry_timeout_seconds)
             if isinstance(room, PhoneRoom):
                 return await registry.agent_by_number(room.number)
             return await registry.get_agent(room.agent_id)
@@ -274,9 +283,7 @@ class Call:
         except AgentNotFound:
             return "no such agent"
         except RegistryUnavailable as error:
-            return f"the registry did not answer: {error}"
-        except (BusUnavailable, TimeoutError):
-            return "the registry did not answer: the message broker is unreachable"
+            return str(error)
         finally:
             self._looked_up_at = time.time()
 

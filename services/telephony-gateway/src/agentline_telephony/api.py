@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.request_validator import RequestValidator
 
 from agentline_telephony import service
-from agentline_telephony.last_known import LastKnownAgents
 from agentline_telephony.metrics import GatewayMetrics
 from agentline_telephony.repository import RedisOutboxCallStore
 from agentline_telephony.twiml import TWIML_MEDIA_TYPE, SipTarget
@@ -80,8 +79,7 @@ class Gateway:
     target: SipTarget
     session_ttl: timedelta
     registry: RegistryClient
-    lookup: LastKnownAgents
-    """The registry client, falling back on each number's last known agent when it cannot answer."""
+    """Falls back on each number's last known agent when the registry cannot answer."""
     calls: RedisOutboxCallStore
     relay: OutboxRelay
     bus: Bus
@@ -207,7 +205,7 @@ async def incoming_call(request: Request) -> Response:
     form = await verified_form(request, gateway)
     answer = await service.answer_incoming(
         form,
-        lookup=gateway.lookup,
+        lookup=gateway.registry,
         calls=gateway.calls,
         target=gateway.target,
         ttl=gateway.session_ttl,
@@ -295,7 +293,6 @@ async def metrics(gateway: GatewayDep) -> Response:
     except (SQLAlchemyError, OSError) as error:  # OSError: asyncpg's refusals and TimeoutError
         log.warning("metrics.outbox_unreadable", error=type(error).__name__)
     gateway.metrics.outbox_publish_failures.set(gateway.relay.failures)
-    gateway.metrics.lookups_answered_stale.set(gateway.lookup.stale_answers)
     return metrics_response(gateway.metrics.registry)
 
 

@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
 from agentline_telephony.api import STATUS_PATH, BrokerGrace, Gateway, router, webhooks
-from agentline_telephony.last_known import LastKnownAgents
 from agentline_telephony.metrics import GatewayMetrics
 from agentline_telephony.repository import (
     OutboxWriter,
@@ -45,9 +44,7 @@ def sip_target(settings: TelephonySettings) -> SipTarget:
     )
 
 
-async def connect_bus_until_up(
-    bus: Bus, registry: RegistryClient, last_known: LastKnownAgents, *, connected: asyncio.Event
-) -> None:
+async def connect_bus_until_up(bus: Bus, registry: RegistryClient, *, connected: asyncio.Event) -> None:
     """Connect to the broker, retrying while it is down, and set `connected` once it is up.
 
     Readiness waits for that first connection (bounded, see `readyz`). Once connected, aio-pika's
@@ -61,7 +58,6 @@ async def connect_bus_until_up(
             await asyncio.sleep(BUS_RETRY_SECONDS)
             continue
         await registry.start()
-        await last_known.start(bus)
         connected.set()
         log.info("bus.connected")
         return
@@ -76,8 +72,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
     )
     bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
-    registry = RegistryClient(bus=bus, redis=redis, timeout=settings.lookup_timeout_seconds)
-    last_known = LastKnownAgents(registry, max_age_seconds=settings.last_known_agent_max_age_seconds)
+    registry = RegistryClient(
+        bus=bus,
+        redis=redis,
+        timeout=settings.lookup_timeout_seconds,
+        last_known_seconds=settings.last_known_agent_max_age_seconds,
+        answer_stale=True,
+    )
     bus.register_metrics(app.state.metrics.registry)
     registry.register_metrics(app.state.metrics.registry)
     writer = OutboxWriter(engine=engine, table=outbox)
@@ -97,7 +98,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=sip_target(settings),
         session_ttl=timedelta(seconds=settings.session_request_ttl_seconds),
         registry=registry,
-        lookup=last_known,
         calls=calls,
         relay=relay,
         bus=bus,
@@ -110,7 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
     )
     connecting = asyncio.create_task(
-        connect_bus_until_up(bus, registry, last_known, connected=broker_reached), name="bus-connect"
+        connect_bus_until_up(bus, registry, connected=broker_reached), name="bus-connect"
     )
     relay.start()
     log.info("telephony.started", public_base_url=settings.public_base_url)

@@ -36,8 +36,3 @@ class GatewayMetrics:
             "Publish attempts the broker did not confirm since start (they are retried).",
             registry=self.registry,
         )
-        self.lookups_answered_stale = Gauge(
-            "agentline_telephony_lookups_answered_stale",
-            "Calls bridged on a number's last known agent because the registry could not be asked.",
-            registry=self.registry,
-        )

@@ -42,9 +42,6 @@ class TelephonySettings(CommonSettings):
 
     lookup_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
     """Bound on the agent look-up: Twilio waits at most 15 s for TwiML, callers far less patiently."""
-    last_known_agent_max_age_seconds: int = Field(default=86_400, gt=0)
-    """How old a number's last look-up answer may be to still bridge its calls while the registry
-    cannot be asked (broker down past the one-minute look-up cache); see `last_known`."""
     session_request_ttl_seconds: int = Field(default=600, gt=0)
     call_answer_ttl_seconds: int = Field(default=86_400, gt=0)
     """How long a CallSid's answer is kept for retried webhooks (Twilio retries within minutes)."""
