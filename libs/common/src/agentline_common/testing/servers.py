@@ -28,7 +28,10 @@ from typing import IO, Protocol
 from agentline_common.testing.reaper import REAPER
 
 LIVEKIT_VERSION = "v1.13.5"
-LIVEKIT_BINARY = Path(f"/opt/agentline/livekit-server-{LIVEKIT_VERSION}/server")
+LIVEKIT_BINARY = (
+    Path(os.environ.get("AGENTLINE_OPT") or "/opt/agentline") / f"livekit-server-{LIVEKIT_VERSION}/server"
+)
+"""Where `make setup` puts the pinned LiveKit server (AGENTLINE_OPT moves it, as in scripts/setup.sh)."""
 POSTGRES_BIN_DIRS = (Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"))
 LOOPBACK = "127.0.0.1"
 RABBITMQ_APPS_DIR = next(
