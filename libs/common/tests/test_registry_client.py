@@ -73,12 +73,12 @@ async def test_process_cache_answers_without_redis_and_expires(
     running_registry: RegistryService, registry_bus: Bus, redis: Redis
 ) -> None:
     tenant = running_registry.new_tenant()
-    client = RegistryClient(bus=registry_bus, redis=redis, local_ttl_seconds=0.3)
+    client = RegistryClient(bus=registry_bus, redis=redis, local_ttl_seconds=2.0)
     await client.get_agent(tenant.agent_id)
     await redis.delete(agent_key(tenant.agent_id))
     await client.get_agent(tenant.agent_id)
     assert (client.misses, client.hits) == (1, 1)
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(2.1)
     await client.get_agent(tenant.agent_id)
     assert (client.misses, client.hits) == (2, 1)
 
@@ -101,7 +101,7 @@ async def test_cached_lookups_need_no_broker(
         await reader.cached_agent_by_number("0800 not a number")
 
 
-DAY = 86_400
+HOUR = 3_600
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -120,9 +120,9 @@ async def test_the_last_answer_stands_in_while_the_registry_cannot_be_asked(
 ) -> None:
     number = random_e164()
     tenant = running_registry.new_tenant(number=number)
-    keeper = RegistryClient(bus=registry_bus, redis=redis, last_known_seconds=DAY)  # as the token-service's
+    keeper = RegistryClient(bus=registry_bus, redis=redis, last_known_seconds=HOUR)  # as the token-service's
     answered = await keeper.get_agent(tenant.agent_id)
-    assert DAY - 60 < await redis.ttl(last_known_key(number_key(number))) <= DAY
+    assert HOUR - 60 < await redis.ttl(last_known_key(number_key(number))) <= HOUR
     await redis.delete(agent_key(tenant.agent_id), number_key(number))  # the cache's minute is over
 
     stale = RegistryClient(bus=unserved_bus, redis=redis, timeout=0.3, answer_stale=True)
@@ -160,6 +160,22 @@ async def test_a_changed_agent_is_not_answered_stale(
         await stale.agent_by_number(number)
 
 
+async def test_a_number_the_registry_no_longer_knows_loses_its_last_known_answer(
+    running_registry: RegistryService, client: RegistryClient, redis: Redis
+) -> None:
+    """A last known answer left behind (the number's release came as an `agent.changed` that was
+    missed) goes with the registry's "not found": the number is not bridged to its old agent in a
+    later outage."""
+    old_agent = await client.get_agent(running_registry.new_tenant().agent_id)
+    released = random_e164()
+    kept = last_known_key(number_key(released))
+    await redis.set(kept, old_agent.model_dump_json())
+
+    with pytest.raises(AgentNotFound):
+        await client.agent_by_number(released)
+    assert not await redis.exists(kept)
+
+
 async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:
     with pytest.raises(AgentNotFound):
         await client.get_agent(uuid.uuid4())
@@ -192,7 +208,7 @@ async def test_lookup_carries_tools(running_registry: RegistryService, client: R
     assert agent.tools[0].secret_ref == "booking"
 
 
-async def test_deactivated_agent_is_refused_within_a_second(
+async def test_deactivated_agent_is_refused_without_waiting_for_the_cache_to_lapse(
     running_registry: RegistryService, client: RegistryClient
 ) -> None:
     number = random_e164()
@@ -201,7 +217,9 @@ async def test_deactivated_agent_is_refused_within_a_second(
     assert (await client.get_agent(tenant.agent_id)).active is True
 
     await asyncio.to_thread(running_registry.set_active, tenant.token, tenant.agent_id, False)
-    deadline = time.monotonic() + 1.0
+    # agent.changed clears the caches within the broker's delivery time; the cache would take 60 s.
+    # The bound allows for a loaded machine, not a speed goal.
+    deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         by_id = await client.get_agent(tenant.agent_id)
         by_number = await client.agent_by_number(number)
@@ -209,7 +227,7 @@ async def test_deactivated_agent_is_refused_within_a_second(
             break
         await asyncio.sleep(0.02)
     else:
-        pytest.fail("the deactivated agent was still served as active after 1 s")
+        pytest.fail("the deactivated agent was still served as active after 5 s")
 
 
 async def test_registry_down_is_unavailable_within_bound(

@@ -28,8 +28,9 @@ from agentline_registry.service import (
     apply_update,
     merge_session_event,
     new_session_record,
+    session_read,
 )
-from agentline_registry.tables import Agent
+from agentline_registry.tables import Agent, CallSession
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
@@ -204,3 +205,17 @@ def test_agent_config_is_the_lookup_contract() -> None:
 def test_an_integrity_error_says_which_kind_of_conflict_it_was(driver_message: str, says: str) -> None:
     error = IntegrityError("INSERT ...", {}, Exception(driver_message))
     assert says in integrity_detail(error)
+
+
+@pytest.mark.parametrize(
+    ("reason", "detail", "shown"),
+    [
+        ("agent_unavailable", "the registry did not answer", "the registry did not answer"),
+        ("error", "ConnectError: http://10.0.0.5:8000", None),
+    ],
+)
+def test_users_see_why_a_call_ended_but_not_an_errors_internals(
+    reason: str, detail: str, shown: str | None
+) -> None:
+    row = CallSession(id=uuid.uuid4(), status="failed", end_reason=reason, end_detail=detail)
+    assert session_read(row).end_detail == shown

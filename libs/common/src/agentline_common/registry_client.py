@@ -9,9 +9,11 @@ process layer still forgets within a second and Redis within its TTL.
 Each answer is also kept in Redis for `last_known_seconds` (a day), and a client made with
 `answer_stale` gives it when the registry cannot be asked (stale on error): with the broker down for
 longer than the cache's minute, a phone call still reaches the agent its number had, in the gateway
-and in the worker alike, instead of an apology. `agent.changed` drops these entries too, so only a
-change made while the broker is down goes unseen until it is back. The token-service keeps answers
-but never gives a stale one: it must say 503 when the registry cannot be asked.
+and in the worker alike, instead of an apology. `agent.changed` drops these entries too, and so does
+the registry's "not found" for the key, so that a missed event (Redis or the subscriber down at that
+moment) lasts only until the next look-up the registry answers. A change made while the broker is
+down goes unseen until it is back. The token-service keeps answers but never gives a stale one: it
+must say 503 when the registry cannot be asked. Without Redis there is no last known answer.
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ class RegistryClient:
         self.misses += 1
         try:
             agent = await self._ask_registry(method, params)
+        except AgentNotFound:
+            await self._forget_last_known(key)
+            raise
         except RegistryUnavailable as error:
             return await self._last_known(key, error)
         await self._write_cache(agent)
@@ -199,6 +204,13 @@ class RegistryClient:
         log.warning("registry_client.answered_stale", key=key, error=str(error))
         return stale
 
+    async def _forget_last_known(self, key: str) -> None:
+        """The number was released or the agent deleted: it must not be answered stale later."""
+        try:
+            await self._redis.delete(last_known_key(key))
+        except RedisError:
+            log.warning("registry_client.invalidation_failed", key=key)
+
     async def _read_cache(self, key: str) -> AgentConfig | None:
         try:
             raw = await self._redis.get(key)
@@ -231,7 +243,8 @@ class _LookupCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         lookups = CounterMetricFamily(
             "agentline_agent_lookups",
-            "Agent look-ups through the registry client: hit (a cache answered) or miss (the registry did).",
+            "Agent look-ups through the registry client: hit (a cache answered), miss (the registry was"
+            " asked), stale (a miss the registry could not answer, answered from the last known agent).",
             labels=["result"],
         )
         lookups.add_metric(["hit"], self._client.hits)

@@ -426,7 +426,13 @@ async def lookup_number(db: AsyncSession, number: str) -> AgentConfig | None:
 
 
 def session_read(row: CallSession) -> SessionRead:
-    return SessionRead.model_validate(row, from_attributes=True)
+    """The call-log row as the organisation's users see it. The detail of an `error` end is an
+    exception's text from the worker, which can name internal hosts: it stays in the database and
+    the worker's log, for operators; the other reasons' details are the worker's own sentences."""
+    read = SessionRead.model_validate(row, from_attributes=True)
+    if read.end_reason == "error":
+        read.end_detail = None
+    return read
 
 
 async def list_sessions(
