@@ -13,10 +13,12 @@ from agentline_common.agents import AgentConfig
 from agentline_common.auth import Role, UserClaims
 from agentline_common.bus import PublishError
 from agentline_common.events import Event
+from agentline_common.registry_client import AgentNotFound
 from agentline_common.rooms import TestRoom, parse_room_name
 from agentline_token_service.service import (
     AgentInactive,
     DependencyUnavailable,
+    MissingAgentRequests,
     NotAMember,
     RateDecision,
     RateLimited,
@@ -180,9 +182,17 @@ def test_an_inactive_agent_is_refused_to_members_only() -> None:
 class FakeAgents:
     def __init__(self, *agents: AgentConfig) -> None:
         self._agents = {found.id: found for found in agents}
+        self.asked = 0
 
     async def get_agent(self, agent_id: uuid.UUID) -> AgentConfig:
+        self.asked += 1
+        if agent_id not in self._agents:
+            raise AgentNotFound(f"no agent with id {agent_id}")
         return self._agents[agent_id]
+
+
+def no_missing_yet() -> MissingAgentRequests:
+    return MissingAgentRequests(limit=10, window_seconds=60)
 
 
 class FakePublisher:
@@ -224,6 +234,7 @@ async def test_issue_announces_the_session_it_hands_out() -> None:
         agents=FakeAgents(tested),
         admission=admission,
         publisher=publisher,
+        missing=no_missing_yet(),
     )
 
     [event] = publisher.published
@@ -246,6 +257,7 @@ async def test_issue_hands_out_nothing_when_the_broker_does_not_confirm() -> Non
             agents=FakeAgents(tested),
             admission=FakeAdmission(RateDecision(allowed=True)),
             publisher=FakePublisher(fail=True),
+            missing=no_missing_yet(),
         )
 
 
@@ -260,10 +272,64 @@ async def test_issue_refuses_past_the_rate_limit_with_the_wait() -> None:
             agents=FakeAgents(tested),
             admission=admission,
             publisher=publisher,
+            missing=no_missing_yet(),
         )
     assert refused.value.retry_after_seconds == 17
     assert publisher.published == [], "a refused call is not announced"
     assert "at most 3 every 60 s" in str(refused.value)
+
+
+async def test_past_the_limit_of_missing_agents_the_user_is_refused_before_any_look_up() -> None:
+    tested = agent()
+    requester, agents = user(tested.org_id), FakeAgents(tested)
+    missing = MissingAgentRequests(limit=2, window_seconds=60)
+
+    async def ask(agent_id: uuid.UUID) -> None:
+        await issue_test_token(
+            settings(rate_limit_requests=2, rate_limit_window_seconds=60),
+            user=requester,
+            agent_id=agent_id,
+            agents=agents,
+            admission=FakeAdmission(RateDecision(allowed=True)),
+            publisher=FakePublisher(),
+            missing=missing,
+        )
+
+    for _ in range(2):
+        with pytest.raises(AgentNotFound):
+            await ask(uuid.uuid4())
+    with pytest.raises(RateLimited, match="agents that do not exist: at most 2 every 60 s") as refused:
+        await ask(tested.id)
+    assert refused.value.retry_after_seconds == 60
+    assert agents.asked == 2, "the refused request cost no look-up"
+    await issue_test_token(
+        settings(),
+        user=user(tested.org_id),
+        agent_id=tested.id,
+        agents=agents,
+        admission=FakeAdmission(RateDecision(allowed=True)),
+        publisher=FakePublisher(),
+        missing=missing,
+    )  # another user is not held back
+
+
+def test_missing_agent_requests_leave_the_window_and_the_oldest_users_are_forgotten() -> None:
+    now = [1000.0]
+    missing = MissingAgentRequests(limit=2, window_seconds=10, clock=lambda: now[0], max_users=2)
+    missing.record("user:a")
+    now[0] += 4
+    missing.record("user:a")
+    assert missing.retry_after("user:a") == 6
+    now[0] += 6.5  # the first request left the window
+    assert missing.retry_after("user:a") == 0
+    missing.record("user:a")
+    assert missing.retry_after("user:a") == 4
+
+    for other in ("user:b", "user:c"):
+        missing.record(other)
+        missing.record(other)
+    assert missing.retry_after("user:c") == 10
+    assert missing.retry_after("user:a") == 0, "past max_users the least recent user is forgotten"
 
 
 def test_the_same_webhook_always_ends_the_session_with_the_same_event_id() -> None:

@@ -350,6 +350,31 @@ async def test_past_the_rate_limit_is_429_with_retry_after(
     assert other_user.status_code == 200, "the limit is per user"
 
 
+async def test_past_the_limit_for_agents_that_do_not_exist_is_429(
+    app_client: Callable[..., Any],
+    service_settings: Callable[..., TokenServiceSettings],
+    registry: RegistryService,
+) -> None:
+    """Each unknown agent costs the registry a round trip (nothing caches it): a user asking for
+    made-up ids is held back like one asking for too many tokens."""
+    tenant = new_tester(registry)
+    limited = service_settings(rate_limit_requests=2, rate_limit_window_seconds=60)
+
+    async with app_client(limited) as client:
+        statuses = [
+            (await client.post(path(uuid.uuid4()), headers=tenant.headers)).status_code for _ in range(2)
+        ]
+        refused = await client.post(path(tenant.agent_id), headers=tenant.headers)
+        other = add_member(registry, tenant)
+        other_user = await client.post(path(tenant.agent_id), headers=other.headers)
+
+    assert statuses == [404, 404]
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "agents that do not exist: at most 2 every 60 s" in refused.json()["detail"]
+    assert other_user.status_code == 200, "the limit is per user"
+
+
 async def test_a_deactivated_agent_is_refused_at_once(
     client: httpx.AsyncClient, registry: RegistryService
 ) -> None:

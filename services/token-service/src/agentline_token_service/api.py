@@ -29,6 +29,7 @@ from agentline_token_service.service import (
     AgentInactive,
     DependencyUnavailable,
     LiveKitNotConfigured,
+    MissingAgentRequests,
     NotAMember,
     RateLimited,
     TestTokenError,
@@ -55,6 +56,7 @@ class Runtime:
     registry: RegistryClient
     verifier: JwksVerifier
     calls: RedisTestCalls
+    missing_agents: MissingAgentRequests
     webhook_receiver: livekit_api.WebhookReceiver | None
     metrics: Metrics
 
@@ -166,6 +168,7 @@ async def create_test_token(agent_id: UUID, request: Request) -> TestTokenRead:
         agents=runtime.registry,
         admission=runtime.calls,
         publisher=runtime.bus,
+        missing=runtime.missing_agents,
     )
     runtime.metrics.tokens_issued.inc()
     return TestTokenRead(

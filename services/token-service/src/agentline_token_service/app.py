@@ -24,6 +24,7 @@ from agentline_token_service.api import (
 )
 from agentline_token_service.consumers import start_consumers
 from agentline_token_service.metrics import Metrics
+from agentline_token_service.service import MissingAgentRequests
 from agentline_token_service.settings import TokenServiceSettings
 from agentline_token_service.stores import RedisTestCalls
 
@@ -98,6 +99,9 @@ async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: Asyn
             window_seconds=settings.rate_limit_window_seconds,
             mapping_ttl_seconds=settings.session_mapping_ttl_seconds,
             timeout=bound,
+        ),
+        missing_agents=MissingAgentRequests(
+            limit=settings.rate_limit_requests, window_seconds=settings.rate_limit_window_seconds
         ),
         webhook_receiver=receiver,
         metrics=metrics,

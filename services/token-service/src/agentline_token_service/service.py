@@ -13,8 +13,11 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -33,6 +36,7 @@ from agentline_common.events import (
     SessionRequestedData,
 )
 from agentline_common.logging import current_correlation_id
+from agentline_common.registry_client import AgentNotFound
 from agentline_common.rooms import InvalidRoomName, TestRoom, new_test_room, parse_room_name
 from livekit import api as livekit_api
 from pydantic import BaseModel, ConfigDict
@@ -117,6 +121,53 @@ class CallAdmission(Protocol):
     `room_name` belongs to, in the same step: a refused call leaves no mapping behind."""
 
     async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision: ...
+
+
+class MissingAgentRequests:
+    """Per user, this process's recent requests for agents that do not exist, at most `limit` per
+    `window_seconds`; past it the user is answered 429 before any look-up.
+
+    An unknown agent is never cached, so each such request costs the registry a round trip, and a
+    user asking for made-up ids could load it for everyone (phone calls whose look-up lapsed
+    included). The admitted calls' limit is in Redis, shared by every replica, and counted only
+    once a call is allowed, so that a token costs one Redis step; this guard costs the normal path
+    nothing, and so is per process (each replica allows `limit`).
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_users: int = 10_000,
+    ) -> None:
+        self._limit = limit
+        self._window = window_seconds
+        self._clock = clock
+        self._max_users = max_users
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, subject: str) -> int:
+        """Whole seconds until `subject` may ask again; 0 when it may now."""
+        recent = self._recent(subject)
+        if len(recent) < self._limit:
+            return 0
+        return max(1, math.ceil(recent[0] + self._window - self._clock()))
+
+    def record(self, subject: str) -> None:
+        recent = self._recent(subject)
+        recent.append(self._clock())
+        self._seen[subject] = recent
+        self._seen.move_to_end(subject)
+        while len(self._seen) > self._max_users:
+            self._seen.popitem(last=False)
+
+    def _recent(self, subject: str) -> deque[float]:
+        recent = self._seen.get(subject, deque())
+        while recent and recent[0] <= self._clock() - self._window:
+            recent.popleft()
+        return recent
 
 
 class SessionRooms(Protocol):
@@ -270,15 +321,28 @@ async def issue_test_token(
     agents: AgentDirectory,
     admission: CallAdmission,
     publisher: EventPublisher,
+    missing: MissingAgentRequests,
 ) -> TestToken:
     """Check, mint, record and announce a test call; the token leaves only after the broker's confirm.
 
     The call is counted against the user's limit once it is known to be allowed (the agent exists, is
     active and the user is a member), in the same Redis step that records its room, so a token costs
-    one Redis round trip (docs/decisions.md).
+    one Redis round trip (docs/decisions.md). Requests for agents that do not exist have a limit of
+    their own (`MissingAgentRequests`).
     """
     require_livekit(settings)
-    agent = await _look_up(agents, agent_id, bound=settings.dependency_timeout_seconds)
+    subject = f"user:{user.user_id}"
+    if wait := missing.retry_after(subject):
+        raise RateLimited(
+            f"too many test calls for agents that do not exist: at most {settings.rate_limit_requests} "
+            f"every {settings.rate_limit_window_seconds} s; try again in {wait} s",
+            retry_after_seconds=wait,
+        )
+    try:
+        agent = await _look_up(agents, agent_id, bound=settings.dependency_timeout_seconds)
+    except AgentNotFound:
+        missing.record(subject)
+        raise
     authorize_test_call(user, agent)
     session_id = uuid.uuid4()
     token = generate_test_token(
@@ -290,7 +354,7 @@ async def issue_test_token(
         correlation_id=current_correlation_id(),
     )
     ref = SessionRef(session_id=session_id, agent_id=agent.id, org_id=agent.org_id)
-    decision = await admission.admit(f"user:{user.user_id}", room_name=token.room_name, ref=ref)
+    decision = await admission.admit(subject, room_name=token.room_name, ref=ref)
     if not decision.allowed:
         raise RateLimited(
             f"too many test calls: at most {settings.rate_limit_requests} every "
