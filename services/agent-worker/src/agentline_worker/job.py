@@ -13,7 +13,6 @@ per process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
 import time
@@ -170,6 +169,8 @@ class Call:
         self._agent: AgentConfig | None = None
         self._ended: asyncio.Task[None] | None = None
         self._bus_connected: asyncio.Task[None] | None = None
+        self._bus_refused = asyncio.Event()
+        """Set once an attempt to connect the call's bus failed: the broker is down."""
         self._entered_at = self._joined_at = self._looked_up_at = 0.0
 
     async def start(self) -> None:
@@ -263,7 +264,8 @@ class Call:
         to that agent is decided afterwards, by `plan_session` and `refusal`. The cache usually
         holds the agent (the token-service or the gateway just looked it up), so only a miss waits
         for the broker's handshake. Without the broker, the registry client answers from the agent's
-        last known config, as the gateway did when it bridged the call.
+        last known config, as the gateway did when it bridged the call: at once, once the first
+        attempt to connect has failed, rather than after `registry_timeout_seconds` of silence.
         """
         try:
             room = parse_room_name(self._room_name)
@@ -273,8 +275,7 @@ class Call:
                 cached = await registry.cached_agent(room.agent_id)
             if cached is not None:
                 return cached
-            with contextlib.suppress(BusUnavailable, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(bus_connected), self._settings.registry_timeout_seconds)
+            await self._bus_connected_or_refused(bus_connected)
             if isinstance(room, PhoneRoom):
                 return await registry.agent_by_number(room.number)
             return await registry.get_agent(room.agent_id)
@@ -286,6 +287,19 @@ class Call:
             return str(error)
         finally:
             self._looked_up_at = time.time()
+
+    async def _bus_connected_or_refused(self, bus_connected: asyncio.Task[None]) -> None:
+        """Wait, for at most `registry_timeout_seconds`, until the call's bus is connected or an
+        attempt to connect it failed; never cancels the attempt."""
+        refused = asyncio.create_task(self._bus_refused.wait())
+        try:
+            await asyncio.wait(
+                {bus_connected, refused},
+                timeout=self._settings.registry_timeout_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            refused.cancel()
 
     async def _run(self, plan: SessionPlan, agent: AgentConfig, caller: rtc.RemoteParticipant) -> None:
         assert self._clients is not None
@@ -391,6 +405,7 @@ class Call:
                 await bus.connect()
                 return
             except BusUnavailable as error:
+                self._bus_refused.set()
                 if time.monotonic() + BUS_RETRY_SECONDS > deadline:
                     raise
                 log.info("call.bus_retrying", error=str(error))
