@@ -36,6 +36,7 @@ from agentline_common.agents import AgentConfig
 from agentline_common.bus import DEFAULT_RPC_TIMEOUT, Bus, RpcError, RpcFailure
 from agentline_common.events import AgentChanged, Event
 from agentline_common.rooms import require_e164
+from agentline_common.settings import CommonSettings
 
 log = structlog.get_logger()
 
@@ -92,6 +93,19 @@ class RegistryClient:
         self.misses = 0
         self.stale = 0
         """Look-ups answered from the last known agent because the registry could not be asked."""
+
+    @classmethod
+    def configured(
+        cls, settings: CommonSettings, *, bus: Bus, redis: Redis, timeout: float, answer_stale: bool = False
+    ) -> RegistryClient:
+        """A service's client, keeping answers as long as `settings` say."""
+        return cls(
+            bus=bus,
+            redis=redis,
+            timeout=timeout,
+            last_known_seconds=settings.last_known_agent_max_age_seconds,
+            answer_stale=answer_stale,
+        )
 
     async def start(self) -> None:
         """Subscribe this process to `agent.changed` so cached entries are dropped when they change."""

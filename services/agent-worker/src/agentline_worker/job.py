@@ -134,12 +134,8 @@ class Clients:
         `bus.connect()` is awaited."""
         bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
         redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2)
-        registry = RegistryClient(
-            bus=bus,
-            redis=redis,
-            timeout=settings.registry_timeout_seconds,
-            last_known_seconds=settings.last_known_agent_max_age_seconds,
-            answer_stale=True,
+        registry = RegistryClient.configured(
+            settings, bus=bus, redis=redis, timeout=settings.registry_timeout_seconds, answer_stale=True
         )
         return cls(
             bus=bus,

@@ -72,12 +72,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
     )
     bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
-    registry = RegistryClient(
-        bus=bus,
-        redis=redis,
-        timeout=settings.lookup_timeout_seconds,
-        last_known_seconds=settings.last_known_agent_max_age_seconds,
-        answer_stale=True,
+    registry = RegistryClient.configured(
+        settings, bus=bus, redis=redis, timeout=settings.lookup_timeout_seconds, answer_stale=True
     )
     bus.register_metrics(app.state.metrics.registry)
     registry.register_metrics(app.state.metrics.registry)

@@ -67,9 +67,7 @@ async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: Asyn
     )
     stack.push_async_callback(redis.aclose)
     http = await stack.enter_async_context(httpx.AsyncClient(timeout=bound))
-    registry = RegistryClient(
-        bus=bus, redis=redis, timeout=bound, last_known_seconds=settings.last_known_agent_max_age_seconds
-    )
+    registry = RegistryClient.configured(settings, bus=bus, redis=redis, timeout=bound)
     bus.register_metrics(metrics.registry)
     registry.register_metrics(metrics.registry)
     await start_consumers(registry)

@@ -150,6 +150,8 @@ class MissingAgentRequests:
 
     def retry_after(self, subject: str) -> int:
         """Whole seconds until `subject` may ask again; 0 when it may now."""
+        if subject not in self._seen:  # nearly every token's case: nothing to trim
+            return 0
         recent = self._recent(subject)
         if len(recent) < self._limit:
             return 0
