@@ -6,11 +6,14 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import pytest
 import pytest_asyncio
-from agentline_common.bus import Bus, RpcFailure
+from agentline_common.agents import AgentConfig
+from agentline_common.bus import DEFAULT_RPC_TIMEOUT, Bus, RpcFailure
+from agentline_common.events import AgentChanged, Event
 from agentline_common.registry_client import (
     AgentNotFound,
     RegistryClient,
@@ -56,17 +59,21 @@ async def test_cold_then_warm_lookup_by_id_and_number(
     assert cold.active is True
     assert cold.temperature == 0.3
     assert cold.phone_numbers == [number]
-    assert await redis.exists(agent_key(tenant.agent_id), number_key(number)) == 2
+    assert await redis.exists(agent_key(tenant.agent_id)) == 1
+    assert await redis.exists(number_key(number)) == 0  # cached only under the key asked for
 
-    warm = await client.agent_by_number(number)
-    assert warm == cold
-    assert (client.misses, client.hits) == (1, 1)
+    assert await client.agent_by_number(number) == cold
+    assert await redis.exists(number_key(number)) == 1
+    client.clear_local_cache()
+    assert await client.get_agent(tenant.agent_id) == cold
+    assert await client.agent_by_number(number) == cold
+    assert (client.misses, client.hits) == (2, 2)
 
     metrics = CollectorRegistry()
     client.register_metrics(metrics)
     text = generate_latest(metrics).decode()
-    assert 'agentline_agent_lookups_total{result="hit"} 1.0' in text
-    assert 'agentline_agent_lookups_total{result="miss"} 1.0' in text
+    assert 'agentline_agent_lookups_total{result="hit"} 2.0' in text
+    assert 'agentline_agent_lookups_total{result="miss"} 2.0' in text
 
 
 async def test_process_cache_answers_without_redis_and_expires(
@@ -89,6 +96,7 @@ async def test_cached_lookups_need_no_broker(
     number = random_e164()
     tenant = running_registry.new_tenant(number=number)
     warmed = await client.get_agent(tenant.agent_id)
+    assert await client.agent_by_number(number) == warmed
     unconnected = Bus("amqp://guest:guest@127.0.0.1:1/", exchange="nowhere")
     reader = RegistryClient(bus=unconnected, redis=redis)
 
@@ -122,6 +130,7 @@ async def test_the_last_answer_stands_in_while_the_registry_cannot_be_asked(
     tenant = running_registry.new_tenant(number=number)
     keeper = RegistryClient(bus=registry_bus, redis=redis, last_known_seconds=HOUR)  # as the token-service's
     answered = await keeper.get_agent(tenant.agent_id)
+    assert await keeper.agent_by_number(number) == answered
     assert HOUR - 60 < await redis.ttl(last_known_key(number_key(number))) <= HOUR
     await redis.delete(agent_key(tenant.agent_id), number_key(number))  # the cache's minute is over
 
@@ -147,7 +156,9 @@ async def test_a_changed_agent_is_not_answered_stale(
     calls from its old config once the registry cannot be asked."""
     number = random_e164()
     tenant = running_registry.new_tenant(number=number)
-    await RegistryClient(bus=registry_bus, redis=redis).agent_by_number(number)
+    keeper = RegistryClient(bus=registry_bus, redis=redis)
+    await keeper.agent_by_number(number)
+    await keeper.get_agent(tenant.agent_id)
     kept = [last_known_key(agent_key(tenant.agent_id)), last_known_key(number_key(number))]
     assert await redis.exists(*kept) == 2
 
@@ -174,6 +185,63 @@ async def test_a_number_the_registry_no_longer_knows_loses_its_last_known_answer
     with pytest.raises(AgentNotFound):
         await client.agent_by_number(released)
     assert not await redis.exists(kept)
+
+
+class _AnswersInFlight(Bus):
+    """The real registry's answers, each held on its way back until the test lets it go: the moment
+    in which an agent can change under a look-up."""
+
+    def __init__(self, url: str, *, exchange: str) -> None:
+        super().__init__(url, exchange=exchange)
+        self.answered = asyncio.Event()
+        self.deliver = asyncio.Event()
+
+    async def request(
+        self, method: str, params: Mapping[str, Any], *, timeout: float = DEFAULT_RPC_TIMEOUT
+    ) -> Any:
+        answer = await super().request(method, params, timeout=timeout)
+        self.answered.set()
+        await self.deliver.wait()
+        return answer
+
+
+async def test_an_answer_overtaken_by_its_agents_change_is_asked_again_not_cached(
+    running_registry: RegistryService, redis: Redis
+) -> None:
+    """The registry answered before the agent was deactivated, and the answer arrives after the
+    change dropped the caches. Written then, the deactivated agent would take calls for the cache's
+    minute, and stand in as its last known self for a day; given, it would take this call."""
+    number = random_e164()
+    tenant = running_registry.new_tenant(number=number)
+    in_flight = _AnswersInFlight(running_registry.amqp_url, exchange=running_registry.exchange)
+    await in_flight.connect()
+    changes: asyncio.Queue[AgentChanged] = asyncio.Queue()
+
+    async def keep_the_change(event: Event) -> None:
+        if isinstance(event, AgentChanged) and event.agent_id == tenant.agent_id:
+            changes.put_nowait(event)
+
+    try:
+        await in_flight.subscribe(routing_keys=["agent.changed"], handler=keep_the_change)
+        client = RegistryClient(bus=in_flight, redis=redis)
+        lookup = asyncio.create_task(client.agent_by_number(number))
+        async with asyncio.timeout(5):
+            await in_flight.answered.wait()
+        await asyncio.to_thread(running_registry.set_active, tenant.token, tenant.agent_id, False)
+        async with asyncio.timeout(5):
+            change = await changes.get()
+        await client.on_agent_changed(change)  # as its subscription would deliver it
+        in_flight.deliver.set()
+
+        assert (await lookup).active is False
+        kept = [number_key(number), last_known_key(number_key(number))]
+        kept_active = [AgentConfig.model_validate_json(raw).active for raw in await redis.mget(kept)]
+        assert kept_active == [False, False]
+        assert (client.misses, client.hits) == (1, 0)
+        assert (await client.agent_by_number(number)).active is False  # and so in the process
+        assert (client.misses, client.hits) == (1, 1)
+    finally:
+        await in_flight.close()
 
 
 async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:

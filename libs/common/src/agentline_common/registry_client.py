@@ -14,11 +14,17 @@ the registry's "not found" for the key, so that a missed event (Redis or the sub
 moment) lasts only until the next look-up the registry answers. A change made while the broker is
 down goes unseen until it is back. The token-service keeps answers but never gives a stale one: it
 must say 503 when the registry cannot be asked. Without Redis there is no last known answer.
+
+An answer that was on its way while its agent changed must not be cached over the change: it would be
+served for the cache's minute, and kept as the last known answer for a day. So `agent.changed` also
+counts, in Redis, the changes to each key it drops (`changes_key`), and an answer is written only if
+its key's count has not moved since the look-up began; this process's own layer counts every change
+it has seen. That is also why an answer is cached only under the key it was asked for, not under the
+agent's other id or numbers: their counts were not read before asking.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -44,6 +50,19 @@ DEFAULT_TTL_SECONDS = 60
 DEFAULT_LOCAL_TTL_SECONDS = 1.0
 DEFAULT_LAST_KNOWN_SECONDS = 86_400
 LOCAL_CACHE_SIZE = 4096
+CHANGES_KEPT_SECONDS = 3_600
+
+# One step, so that no invalidation can fall between the check and the writes. KEYS: the key's changes
+# count, the key, its last known key; ARGV: the count read before asking the registry, the answer, the
+# cache's TTL, the last known answer's TTL.
+_WRITE_UNLESS_CHANGED = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
+return 1
+"""
 
 
 class AgentNotFound(Exception):
@@ -65,6 +84,12 @@ def number_key(number: str) -> str:
 def last_known_key(key: str) -> str:
     """Where the answer cached under `key` is kept for `last_known_seconds`."""
     return "agentline:last-known:" + key.removeprefix("agentline:")
+
+
+def changes_key(key: str) -> str:
+    """How many times `agent.changed` has dropped `key` (kept for `CHANGES_KEPT_SECONDS`, far longer
+    than any look-up takes)."""
+    return "agentline:changes:" + key.removeprefix("agentline:")
 
 
 class RegistryClient:
@@ -89,6 +114,8 @@ class RegistryClient:
         self._timeout = timeout
         self._last_known_for = last_known_seconds
         self._answer_stale = answer_stale
+        self._write_unless_changed = redis.register_script(_WRITE_UNLESS_CHANGED)
+        self._changes_seen = 0
         self.hits = 0
         self.misses = 0
         self.stale = 0
@@ -134,9 +161,15 @@ class RegistryClient:
         if not isinstance(event, AgentChanged) or event.agent_id is None:
             return
         keys = [agent_key(event.agent_id), *(number_key(n) for n in event.data.phone_numbers)]
+        self._changes_seen += 1
         self._forget_locally(keys)
         try:
-            await self._redis.delete(*keys, *map(last_known_key, keys))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key in keys:
+                    pipe.incr(changes_key(key))
+                    pipe.expire(changes_key(key), CHANGES_KEPT_SECONDS)
+                pipe.delete(*keys, *map(last_known_key, keys))
+                await pipe.execute()
         except RedisError:
             log.warning("registry_client.invalidation_failed", agent_id=str(event.agent_id))
 
@@ -155,21 +188,33 @@ class RegistryClient:
             return cached
         self.misses += 1
         try:
-            agent = await self._ask_registry(method, params)
+            return await self._ask_and_cache(key, method, params)
         except AgentNotFound:
             await self._forget_last_known(key)
             raise
         except RegistryUnavailable as error:
             return await self._last_known(key, error)
-        await self._write_cache(agent)
-        self._write_local(key, agent)
+
+    async def _ask_and_cache(self, key: str, method: str, params: dict[str, str]) -> AgentConfig:
+        """The registry's answer for `key`, cached unless the key changed while it was asked for. Such
+        an answer may predate the change, so the registry is asked once more: the second answer
+        follows the change, and it is both what the caller gets and what is cached."""
+        for _ in range(2):
+            seen_before = self._changes_seen
+            changes_before = await self._changes_so_far(key)
+            agent = await self._ask_registry(method, params)
+            cached = await self._cache_unless_changed(key, agent, changes_before)
+            if cached and self._changes_seen == seen_before:
+                self._write_local(key, agent)
+                return agent
         return agent
 
     async def _peek(self, key: str) -> AgentConfig | None:
         cached = self._read_local(key)
         if cached is None:
+            seen_before = self._changes_seen
             cached = await self._read_cache(key)
-            if cached is not None:
+            if cached is not None and self._changes_seen == seen_before:
                 self._write_local(key, cached)
         if cached is not None:
             self.hits += 1
@@ -238,16 +283,29 @@ class RegistryClient:
         except ValidationError:
             return None
 
-    async def _write_cache(self, agent: AgentConfig) -> None:
-        body = json.dumps(agent.model_dump(mode="json"))
+    async def _changes_so_far(self, key: str) -> int | None:
+        """`key`'s changes count before a look-up asks the registry; None when Redis cannot say, and
+        then the answer is not written there."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in [agent_key(agent.id), *map(number_key, agent.phone_numbers)]:
-                    pipe.set(key, body, ex=self._ttl)
-                    pipe.set(last_known_key(key), body, ex=self._last_known_for)
-                await pipe.execute()
+            return int(await self._redis.get(changes_key(key)) or 0)
+        except RedisError:
+            log.warning("registry_client.cache_unavailable", key=key)
+            return None
+
+    async def _cache_unless_changed(self, key: str, agent: AgentConfig, changes_before: int | None) -> bool:
+        """False if `key` changed since `changes_before` was read; True once written, or when Redis
+        cannot be written (asking again would not help)."""
+        if changes_before is None:
+            return True
+        try:
+            written = await self._write_unless_changed(
+                keys=[changes_key(key), key, last_known_key(key)],
+                args=[changes_before, agent.model_dump_json(), self._ttl, self._last_known_for],
+            )
         except RedisError:
             log.warning("registry_client.cache_write_failed", agent_id=str(agent.id))
+            return True
+        return bool(written)
 
 
 class _LookupCollector(Collector):
