@@ -99,6 +99,51 @@ def test_a_duplicate_event_changes_nothing() -> None:
     assert {f: once[f] for f in fields} == {f: twice[f] for f in fields}
 
 
+def _livekit_closed_the_room(ended: SessionEnded, *, after: timedelta) -> SessionEnded:
+    """The token-service's backstop for the same session: LiveKit's room_finished webhook."""
+    return SessionEnded(
+        session_id=ended.session_id,
+        agent_id=ended.agent_id,
+        org_id=ended.org_id,
+        occurred_at=ended.occurred_at + after,
+        data=SessionEndedData(reason="room_finished", detail="LiveKit closed the room", room_name="r"),
+    )
+
+
+@pytest.mark.parametrize("backstop_first", [False, True])
+def test_the_workers_end_outweighs_livekit_closing_the_room(backstop_first: bool) -> None:
+    """Every test call gets both: the worker's end, and LiveKit's room_finished some 20 s later."""
+    *_, ended = events = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    backstop = _livekit_closed_the_room(ended, after=timedelta(seconds=20))
+    row = _fold([*events[:2], backstop, ended] if backstop_first else [*events, backstop])
+    assert (row["end_reason"], row["end_detail"], row["status"]) == ("user_hangup", None, "ended")
+    assert row["ended_at"] == T0 + timedelta(seconds=60)
+    assert row["duration_seconds"] == 58.0
+    assert row["transcript"][0]["text"] == "Hello"
+
+
+def test_of_two_ends_saying_as_much_the_first_stands_and_the_second_fills_in() -> None:
+    *_, ended = events = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    workers_room_finished = ended.model_copy(
+        update={"data": ended.data.model_copy(update={"reason": "room_finished"})}
+    )
+    backstop = _livekit_closed_the_room(ended, after=timedelta(seconds=-5))
+    row = _fold([*events[:2], backstop, workers_room_finished])
+    assert (row["end_reason"], row["end_detail"]) == ("room_finished", "LiveKit closed the room")
+    assert row["ended_at"] == T0 + timedelta(seconds=55)
+    assert row["duration_seconds"] == 58.0
+    assert row["transcript"][0]["text"] == "Hello"
+
+
+def test_an_end_replaces_an_expiry_guess() -> None:
+    requested, _, ended = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    row = _fold([requested])
+    row.update(status="expired", end_reason="expired", ended_at=T0 + timedelta(minutes=11))
+    merge_session_event(row, ended)
+    assert (row["status"], row["end_reason"]) == ("ended", "user_hangup")
+    assert row["ended_at"] == T0 + timedelta(seconds=60)
+
+
 def test_requested_after_started_keeps_active() -> None:
     requested, started, _ = _events(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
     row = _fold([started, requested])

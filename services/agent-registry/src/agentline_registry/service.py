@@ -54,6 +54,10 @@ log = structlog.get_logger()
 
 MANAGERS = frozenset({Role.OWNER, Role.ADMIN})
 FAILED_REASONS = frozenset({"error", "agent_unavailable", "call_failed"})
+END_REASON_WEIGHT = {"expired": 0, "room_finished": 1}
+"""How little an end says about a call: the sweep's expiry is a guess, and LiveKit's "room finished"
+(the token-service's backstop for a worker that died) says only that the room closed. Every other
+reason comes from whoever ended the call and weighs 2."""
 TERMINAL_STATUSES = frozenset({"ended", "failed"})
 
 
@@ -473,7 +477,9 @@ def merge_session_event(row: SessionRecord, event: Event) -> None:
 
     Each event fills in what it knows without erasing what a later event already said: `ended` is
     final (a late `started` only fills in its start time); `started` overrides `requested` and an
-    `expired` guess; `requested` sets the status only on a row nothing else has touched yet.
+    `expired` guess; `requested` sets the status only on a row nothing else has touched yet. Of two
+    ends, the one that says more about the call gives the reason (`END_REASON_WEIGHT`), and the
+    other only fills in what it lacks.
     """
     row["org_id"] = row["org_id"] or event.org_id
     row["agent_id"] = row["agent_id"] or event.agent_id
@@ -497,19 +503,29 @@ def merge_session_event(row: SessionRecord, event: Event) -> None:
         if row["status"] not in TERMINAL_STATUSES:
             row["status"] = "active"
     elif isinstance(event, SessionEnded):
-        data = event.data
-        row["room_name"] = row["room_name"] or data.room_name
+        _merge_end(row, event)
+    row["kind"] = row["kind"] or _kind_of_room(row["room_name"])
+    row["updated_at"] = datetime.now(UTC)
+
+
+def _merge_end(row: SessionRecord, event: SessionEnded) -> None:
+    data = event.data
+    row["room_name"] = row["room_name"] or data.room_name
+    if row["end_reason"] is None or _weight(data.reason) > _weight(row["end_reason"]):
         row["ended_at"] = event.occurred_at
         row["end_reason"] = data.reason
         row["end_detail"] = data.detail
-        row["duration_seconds"] = data.duration_seconds
-        if data.transcript:
-            row["transcript"] = [entry.model_dump(mode="json") for entry in data.transcript]
-        if data.turns:
-            row["turns"] = [turn.model_dump(mode="json") for turn in data.turns]
         row["status"] = "failed" if data.reason in FAILED_REASONS else "ended"
-    row["kind"] = row["kind"] or _kind_of_room(row["room_name"])
-    row["updated_at"] = datetime.now(UTC)
+    if row["duration_seconds"] is None:
+        row["duration_seconds"] = data.duration_seconds
+    if data.transcript and not row["transcript"]:
+        row["transcript"] = [entry.model_dump(mode="json") for entry in data.transcript]
+    if data.turns and not row["turns"]:
+        row["turns"] = [turn.model_dump(mode="json") for turn in data.turns]
+
+
+def _weight(reason: str) -> int:
+    return END_REASON_WEIGHT.get(reason, 2)
 
 
 def new_session_record(session_id: uuid.UUID) -> SessionRecord:
