@@ -430,6 +430,45 @@ async def test_new_member_account_then_removal(world: World) -> None:
     assert after.status_code == 404
 
 
+async def test_an_account_another_org_made_is_not_added_by_its_email(world: World) -> None:
+    """Otherwise the outsider's admin makes an account for a colleague of Org A, chooses its
+    password, and is let into Org A the day its owner adds that colleague by email."""
+    client = world.app.client
+    squatted = f"colleague-{secrets.token_hex(4)}@example.test"
+    outsider_org = (await client.get("/api/v1/orgs", headers=world.outsider.headers)).json()[0]["id"]
+    made = await client.post(
+        f"/api/v1/orgs/{outsider_org}/members",
+        json={"email": squatted, "password": "chosen-by-the-outsider"},
+        headers=world.outsider.headers,
+    )
+    assert made.status_code == 201
+
+    refused = await client.post(
+        f"/api/v1/orgs/{world.org_id}/members", json={"email": squatted}, headers=world.owner.headers
+    )
+    assert refused.status_code == 409
+    assert "another organisation made" in refused.json()["detail"]
+    assert "platform operator" in refused.json()["detail"]
+    login = await client.post(
+        "/api/v1/auth/login", json={"email": squatted, "password": "chosen-by-the-outsider"}
+    )
+    squatter = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    assert [org["id"] for org in (await client.get("/api/v1/orgs", headers=squatter)).json()] == [
+        outsider_org
+    ]
+
+    # The organisation that made the account may take it back after removing it.
+    user_id = made.json()["user_id"]
+    gone = await client.delete(
+        f"/api/v1/orgs/{outsider_org}/members/{user_id}", headers=world.outsider.headers
+    )
+    assert gone.status_code == 204
+    back = await client.post(
+        f"/api/v1/orgs/{outsider_org}/members", json={"email": squatted}, headers=world.outsider.headers
+    )
+    assert back.status_code == 201
+
+
 async def test_sessions_of_an_agent_and_one_session(world: World) -> None:
     client, headers = world.app.client, world.member.headers
     page = await client.get(f"/api/v1/agents/{world.agent_id}/sessions", headers=headers)

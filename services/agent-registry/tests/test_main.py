@@ -15,6 +15,7 @@ import pytest
 from agentline_registry import service
 from agentline_registry.credentials import SigningKey
 from agentline_registry.database import create_engine, session_factory
+from agentline_registry.schemas import MemberCreate
 from agentline_registry.tables import OUTBOX
 from sqlalchemy import select
 
@@ -122,6 +123,31 @@ async def test_duplicate_email_is_refused(cli: Cli) -> None:
     code, _, stderr = await cli.run("create-user", "--email", "DUP@example.test")
     assert code != 0
     assert "email" in stderr and "already exists" in stderr
+
+
+async def test_an_operator_adds_an_account_another_org_made_only_with_a_new_password(cli: Cli) -> None:
+    engine = create_engine(cli.database_url)
+    try:
+        async with session_factory(engine)() as db:
+            admin = await service.create_user(db, email="admin@x.test", password="admin-password")
+            org_x = await service.create_org(db, owner=admin.id, name="X")
+            made = MemberCreate(email="bob@corp.test", password="chosen-by-x-admin")
+            await service.add_member(db, actor=admin.id, org_id=org_x.id, member=made)
+            await db.commit()
+    finally:
+        await engine.dispose()
+    corp_owner = await cli.ok("create-user", "--email", "owner@corp.test")
+    corp = await cli.ok("create-org", "--name", "Corp", "--owner", corp_owner["user_id"])
+
+    code, _, stderr = await cli.run("add-member", "--org", corp["org_id"], "--email", "bob@corp.test")
+    assert code == 2
+    assert "--reset-password" in stderr
+    added = await cli.ok(
+        "add-member", "--org", corp["org_id"], "--email", "bob@corp.test", "--reset-password"
+    )
+    assert added["role"] == "member"
+    assert not await _can_log_in(cli.database_url, "bob@corp.test", "chosen-by-x-admin")
+    assert await _can_log_in(cli.database_url, "bob@corp.test", added["password"])
 
 
 async def test_create_org_with_an_unknown_owner_names_it_and_exits_2(cli: Cli) -> None:

@@ -48,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--org", type=uuid.UUID, help="make the user a member of this org")
     user.add_argument("--role", choices=[role.value for role in Role], default=Role.OWNER.value)
 
+    member = commands.add_parser(
+        "add-member", help="add an existing account to an org, even one another org manages"
+    )
+    member.add_argument("--org", type=uuid.UUID, required=True)
+    member.add_argument("--email", required=True)
+    member.add_argument("--role", choices=[role.value for role in Role], default=Role.MEMBER.value)
+    member.add_argument(
+        "--reset-password",
+        action="store_true",
+        help="give the account a new random password (printed once); needed when another org manages it",
+    )
+
     agent = commands.add_parser("create-agent", help="create an agent")
     agent.add_argument("--org", type=uuid.UUID, required=True)
     agent.add_argument("--name", required=True)
@@ -85,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands: dict[str, Callable[[AsyncSession, argparse.Namespace], Awaitable[dict[str, Any]]]] = {
         "create-org": _create_org,
         "create-user": _create_user,
+        "add-member": _add_member,
         "create-agent": _create_agent,
         "assign-number": _assign_number,
         "seed-demo": _seed_demo,
@@ -148,6 +161,17 @@ async def _create_user(db: AsyncSession, args: argparse.Namespace) -> dict[str, 
         await service.add_membership(db, org_id=args.org, user_id=user.id, role=Role(args.role))
         result |= {"org_id": str(args.org), "role": args.role}
     if args.password is None:
+        result["password"] = password
+    return result
+
+
+async def _add_member(db: AsyncSession, args: argparse.Namespace) -> dict[str, Any]:
+    password = new_password() if args.reset_password else None
+    user = await service.add_member_as_operator(
+        db, org_id=args.org, email=args.email, role=Role(args.role), new_password=password
+    )
+    result: dict[str, Any] = {"user_id": str(user.id), "org_id": str(args.org), "role": args.role}
+    if password is not None:
         result["password"] = password
     return result
 

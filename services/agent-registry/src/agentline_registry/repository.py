@@ -95,6 +95,12 @@ async def set_password_hash(db: AsyncSession, user_id: uuid.UUID, password_hash:
     await db.execute(update(User).where(col(User.id) == user_id).values(password_hash=password_hash))
 
 
+async def release_account(db: AsyncSession, user_id: uuid.UUID, password_hash: str) -> None:
+    """A new password no organisation knows, and so no organisation manages the account any more."""
+    released = {"password_hash": password_hash, "managed_by_org_id": None}
+    await db.execute(update(User).where(col(User.id) == user_id).values(**released))
+
+
 async def role_of(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> str | None:
     rows = await db.execute(
         select(col(Membership.role)).where(

@@ -147,11 +147,13 @@ async def me(db: AsyncSession, *, actor: uuid.UUID) -> MeRead:
     return MeRead(id=user.id, email=user.email, name=user.name, memberships=memberships)
 
 
-async def create_user(db: AsyncSession, *, email: str, password: str, name: str = "") -> User:
+async def create_user(
+    db: AsyncSession, *, email: str, password: str, name: str = "", managed_by: uuid.UUID | None = None
+) -> User:
     email = normalise_email(email)
     if await repository.user_by_email(db, email) is not None:
         raise Conflict(f"email: a user with email {email!r} already exists")
-    user = User(email=email, name=name, password_hash=hash_password(password))
+    user = User(email=email, name=name, password_hash=hash_password(password), managed_by_org_id=managed_by)
     try:
         await repository.add(db, user)
     except IntegrityError as error:
@@ -202,7 +204,12 @@ async def list_members(db: AsyncSession, *, actor: uuid.UUID, org_id: uuid.UUID)
 async def add_member(
     db: AsyncSession, *, actor: uuid.UUID, org_id: uuid.UUID, member: MemberCreate
 ) -> MemberRead:
-    """Add an existing user by email, or create the account when a password is given."""
+    """Add an existing user by email, or create the account when a password is given.
+
+    An account made here is managed by this organisation: its admin chose the password, and nothing
+    proves the email is the person's. So it is never added to another organisation this way, or an
+    admin could make an account for someone else's colleague and wait for their organisation to add
+    it (an operator can, with `agentline-registry add-member`, after resetting the password)."""
     actor_role = await require_role(db, actor=actor, org_id=org_id, manage=True)
     if member.role == Role.OWNER and actor_role != Role.OWNER:
         raise Forbidden("role: only an owner may make another owner")
@@ -211,9 +218,16 @@ async def add_member(
     if user is None:
         if member.password is None:
             raise NotFound(f"email: no user with email {email!r}; give a password to create one")
-        user = await create_user(db, email=email, password=member.password, name=member.name)
+        user = await create_user(
+            db, email=email, password=member.password, name=member.name, managed_by=org_id
+        )
     elif member.password is not None:
         raise Conflict(f"email: a user with email {email!r} already exists; leave out the password")
+    elif user.managed_by_org_id not in (None, org_id):
+        raise Conflict(
+            f"email: {email!r} is an account another organisation made, and its admin chose the password;"
+            " ask your platform operator to check it is this person's and add it"
+        )
     if await repository.role_of(db, user_id=user.id, org_id=org_id) is not None:
         raise Conflict(f"email: {email!r} is already a member of this organisation")
     await repository.add(db, Membership(org_id=org_id, user_id=user.id, role=member.role.value))
@@ -583,6 +597,25 @@ async def expire_stale_sessions(db: AsyncSession, *, now: datetime, default_life
 DEMO_EMAIL = "demo@agentline.local"
 DEMO_ORG = "Demo organisation"
 DEMO_AGENT = "Demo agent"
+
+
+async def add_member_as_operator(
+    db: AsyncSession, *, org_id: uuid.UUID, email: str, role: Role, new_password: str | None
+) -> User:
+    """What an org admin may not do (`add_member`): add an account another organisation manages. The
+    operator has checked whose it is; its password must be reset, as that organisation knows it."""
+    user = await repository.user_by_email(db, normalise_email(email))
+    if user is None:
+        raise NotFound(f"no user with email {email!r}")
+    if user.managed_by_org_id not in (None, org_id):
+        if new_password is None:
+            raise Conflict(
+                f"{email!r} is an account another organisation made and knows the password of;"
+                " add it with --reset-password"
+            )
+        await repository.release_account(db, user.id, hash_password(new_password))
+    await add_membership(db, org_id=org_id, user_id=user.id, role=role)
+    return user
 
 
 async def add_membership(db: AsyncSession, *, org_id: uuid.UUID, user_id: uuid.UUID, role: Role) -> None:

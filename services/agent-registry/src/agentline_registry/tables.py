@@ -51,6 +51,11 @@ class User(SQLModel, table=True):
     email: str = Field(max_length=320, unique=True, index=True)
     name: str = Field(default="", max_length=200)
     password_hash: str = Field(max_length=256)
+    managed_by_org_id: uuid.UUID | None = Field(
+        default=None,
+        description="The organisation whose admin made this account and chose its password; no foreign"
+        " key, so the mark outlives the organisation. None for accounts an operator made.",
+    )
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
 
 
