@@ -178,12 +178,16 @@ async def start_call(
     http: aiohttp.ClientSession,
     vad_model: vad.VAD,
     secret: bytes = b"",
+    secret_of: uuid.UUID | None = None,
     allowed: list[IPv4Network | IPv6Network] = LOOPBACK_ALLOWED,
 ) -> TextCall:
+    """A text-mode call; `secret` is the tool's signing secret, held for the agent's organisation
+    unless `secret_of` names another."""
+    holder = secret_of or config.org_id
     settings = WorkerSettings(
         openai_base_url=fake.base_url,
         openai_api_key=SecretStr(fake.api_key or ""),
-        tool_secrets={SECRET_REF: SecretStr(secret.decode())} if secret else {},
+        tool_secrets={holder: {SECRET_REF: SecretStr(secret.decode())}} if secret else {},
         tool_allowed_networks=allowed,
     )
     record = CallRecord()
@@ -376,6 +380,29 @@ async def test_a_tool_whose_secret_is_missing_is_not_called(
         assert outputs[0].is_error and "not configured" in outputs[0].output
         assert webhook.calls == []
         assert messages(result) == ["I cannot look orders up right now."]
+    finally:
+        await call.close()
+
+
+async def test_a_tool_may_not_sign_with_another_organisations_secret(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    """Refs are names anyone can type: an agent naming another organisation's ref gets nothing signed."""
+    call = await start_call(
+        agent_config(webhook=webhook),
+        fake=fake_openai,
+        http=http,
+        vad_model=vad_model,
+        secret=webhook.secret,
+        secret_of=uuid.uuid4(),
+    )
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-4"})
+        fake_openai.reply("I cannot look orders up right now.")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-4?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert outputs[0].is_error and "not configured" in outputs[0].output
+        assert webhook.calls == []
     finally:
         await call.close()
 

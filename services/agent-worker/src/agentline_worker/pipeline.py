@@ -176,7 +176,7 @@ def build_session(
             tool,
             http=http,
             allowed=settings.tool_allowed_networks,
-            secrets=settings.tool_secrets,
+            secrets=settings.tool_secrets.get(config.org_id, {}),
             agent_id=config.id,
             session_id=session_id,
         )

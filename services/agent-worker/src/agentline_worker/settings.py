@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from uuid import UUID
 
 from agentline_common.settings import CommonSettings
 from pydantic import Field, IPvAnyNetwork, SecretStr
@@ -20,8 +21,10 @@ class WorkerSettings(CommonSettings):
     """Any OpenAI-compatible server: OpenAI itself, a local model server, or the fake one."""
     openai_api_key: SecretStr = SecretStr("")
 
-    tool_secrets: dict[str, SecretStr] = Field(default_factory=dict)
-    """Signing secrets of webhook tools as JSON ``{"secret_ref": "secret"}``; agents name a ref."""
+    tool_secrets: dict[UUID, dict[str, SecretStr]] = Field(default_factory=dict)
+    """Signing secrets of webhook tools per organisation, as JSON ``{"<org id>": {"<secret_ref>":
+    "<secret>"}}``. An agent's tool names a ref, and only its own organisation's refs resolve: with one
+    map for everyone, any organisation could name another's ref and have its requests signed."""
     tool_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
     """Networks tools may call although they are not public, as JSON (``["10.20.0.0/16"]``): where
     your own tool services run. Everything else non-public (loopback, private, link-local) is refused."""
