@@ -18,6 +18,7 @@ from agentline_registry.credentials import SigningKey, issue_access_token
 from agentline_registry.runtime import Runtime
 from agentline_registry.tables import OUTBOX
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlmodel import SQLModel
 
@@ -405,6 +406,25 @@ async def test_duplicate_email_is_a_409_and_nothing_is_half_written(world: World
     )
     assert again.status_code == 409
     assert await _snapshot(world.app.runtime) == before
+
+
+async def test_a_removal_redis_cannot_note_is_not_made(world: World, silent_port: int) -> None:
+    """Unnoted, the removed member's access token would go on admitting test calls for up to 15
+    minutes (the token-service authorises from the token's `orgs` claim)."""
+    runtime, client = world.app.runtime, world.app.client
+    working = runtime.redis
+    runtime.redis = Redis.from_url(f"redis://127.0.0.1:{silent_port}/0", socket_timeout=0.5)
+    try:
+        removal = await client.delete(
+            f"/api/v1/orgs/{world.org_id}/members/{world.member.user_id}", headers=world.owner.headers
+        )
+    finally:
+        await runtime.redis.aclose()
+        runtime.redis = working
+    assert removal.status_code == 503
+    assert "the member was not removed" in removal.json()["detail"]
+    members = await client.get(f"/api/v1/orgs/{world.org_id}/members", headers=world.owner.headers)
+    assert str(world.member.user_id) in {member["user_id"] for member in members.json()}
 
 
 async def test_new_member_account_then_removal(world: World) -> None:

@@ -213,7 +213,9 @@ class FakeAdmission:
         self.decision = decision
         self.saved: dict[str, SessionRef] = {}
 
-    async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision:
+    async def admit(
+        self, subject: str, *, room_name: str, ref: SessionRef, user: uuid.UUID, token_issued_at: int
+    ) -> RateDecision:
         if self.decision.allowed:
             self.saved[room_name] = ref
         return self.decision
@@ -277,6 +279,22 @@ async def test_issue_refuses_past_the_rate_limit_with_the_wait() -> None:
     assert refused.value.retry_after_seconds == 17
     assert publisher.published == [], "a refused call is not announced"
     assert "at most 3 every 60 s" in str(refused.value)
+
+
+async def test_issue_refuses_a_user_removed_from_the_org_since_their_token_was_issued() -> None:
+    tested = agent()
+    admission, publisher = FakeAdmission(RateDecision(allowed=False, removed_member=True)), FakePublisher()
+    with pytest.raises(NotAMember, match="removed from the organisation"):
+        await issue_test_token(
+            settings(),
+            user=user(tested.org_id),
+            agent_id=tested.id,
+            agents=FakeAgents(tested),
+            admission=admission,
+            publisher=publisher,
+            missing=no_missing_yet(),
+        )
+    assert publisher.published == []
 
 
 async def test_past_the_limit_of_missing_agents_the_user_is_refused_before_any_look_up() -> None:
@@ -352,7 +370,7 @@ async def test_only_a_finished_test_room_ends_a_session() -> None:
     test_room = f"test_{agent_id}_abcdefghijkl"
     rooms = FakeAdmission(RateDecision(allowed=True))
     ref = SessionRef(session_id=uuid.uuid4(), agent_id=agent_id, org_id=agent_id)
-    await rooms.admit("user:x", room_name=test_room, ref=ref)
+    await rooms.admit("user:x", room_name=test_room, ref=ref, user=uuid.uuid4(), token_issued_at=0)
     publisher = FakePublisher()
 
     for event, room_name in [

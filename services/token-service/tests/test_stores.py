@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from agentline_common.auth import removed_member_key
 from agentline_token_service.service import DependencyUnavailable, RateDecision, SessionRef
 from agentline_token_service.stores import ROOM_KEY_PREFIX, RedisTestCalls
 from redis.asyncio import Redis
@@ -20,6 +22,9 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+NOW = int(time.time())
 
 
 def store(redis: Redis, *, limit: int = 10, window_seconds: int = 30) -> RedisTestCalls:
@@ -36,7 +41,7 @@ def new_call() -> tuple[str, SessionRef]:
 
 async def admit(calls: RedisTestCalls, subject: str) -> RateDecision:
     room_name, ref = new_call()
-    return await calls.admit(subject, room_name=room_name, ref=ref)
+    return await calls.admit(subject, room_name=room_name, ref=ref, user=uuid.uuid4(), token_issued_at=NOW)
 
 
 async def test_the_limit_admits_n_then_refuses_with_the_wait(redis: Redis) -> None:
@@ -76,7 +81,11 @@ async def test_an_admitted_call_maps_its_room_for_a_lifetime(redis: Redis) -> No
     calls = store(redis)
     room_name, ref = new_call()
 
-    assert (await calls.admit(f"user:{uuid.uuid4()}", room_name=room_name, ref=ref)).allowed
+    assert (
+        await calls.admit(
+            f"user:{uuid.uuid4()}", room_name=room_name, ref=ref, user=uuid.uuid4(), token_issued_at=NOW
+        )
+    ).allowed
 
     assert await calls.load(room_name) == ref
     assert 3590 <= await redis.ttl(ROOM_KEY_PREFIX + room_name) <= 3600
@@ -89,11 +98,35 @@ async def test_a_refused_call_maps_no_room(redis: Redis) -> None:
     assert (await admit(calls, subject)).allowed
     room_name, ref = new_call()
 
-    refused = await calls.admit(subject, room_name=room_name, ref=ref)
+    refused = await calls.admit(subject, room_name=room_name, ref=ref, user=uuid.uuid4(), token_issued_at=NOW)
 
     assert not refused.allowed
     assert await calls.load(room_name) is None
     assert await redis.exists(ROOM_KEY_PREFIX + room_name) == 0
+
+
+async def test_a_token_older_than_the_users_removal_from_the_org_is_refused_and_not_counted(
+    redis: Redis,
+) -> None:
+    """The registry notes the removal; the token's `orgs` claim still names the organisation."""
+    calls = store(redis, limit=1)
+    subject, user = f"user:{uuid.uuid4()}", uuid.uuid4()
+    room_name, ref = new_call()
+    await redis.set(removed_member_key(ref.org_id, user), NOW, ex=60)
+
+    refused = await calls.admit(subject, room_name=room_name, ref=ref, user=user, token_issued_at=NOW - 30)
+
+    assert (refused.allowed, refused.removed_member) == (False, True)
+    assert await calls.load(room_name) is None
+    signed_in_again = await calls.admit(
+        subject, room_name=room_name, ref=ref, user=user, token_issued_at=NOW + 1
+    )
+    assert signed_in_again.allowed, "the refusal was not counted against the limit of one"
+    other_org = SessionRef(session_id=uuid.uuid4(), agent_id=uuid.uuid4(), org_id=uuid.uuid4())
+    elsewhere = await calls.admit(
+        f"user:{uuid.uuid4()}", room_name=new_call()[0], ref=other_org, user=user, token_issued_at=NOW - 30
+    )
+    assert elsewhere.allowed, "only the organisation the user was removed from"
 
 
 async def test_an_unreachable_redis_is_a_bounded_refusal() -> None:

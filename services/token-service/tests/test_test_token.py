@@ -179,6 +179,24 @@ async def test_get_test_token_permission_denied(
     assert requested.empty()
 
 
+async def test_a_member_removed_from_the_org_gets_no_more_test_tokens(
+    client: httpx.AsyncClient, registry: RegistryService
+) -> None:
+    """Their access token still names the organisation, for up to its 15 minutes."""
+    owner = new_tester(registry)
+    member = add_member(registry, owner)
+    member_headers = {"Authorization": f"Bearer {member.token}"}
+    assert (await client.post(path(owner.agent_id), headers=member_headers)).status_code == 200
+
+    removal = f"/orgs/{owner.org_id}/members/{member.user_id}"
+    await asyncio.to_thread(registry.request, "DELETE", removal, token=owner.token, expect=204)
+    refused = await client.post(path(owner.agent_id), headers=member_headers)
+
+    assert refused.status_code == 403
+    assert "removed from the organisation" in refused.json()["detail"]
+    assert (await client.post(path(owner.agent_id), headers=owner.headers)).status_code == 200
+
+
 async def test_get_test_token_inactive_agent(client: httpx.AsyncClient, registry: RegistryService) -> None:
     tenant = new_tester(registry, active=False)
 

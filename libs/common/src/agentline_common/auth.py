@@ -53,6 +53,13 @@ class UserClaims(BaseModel):
         return self.orgs.get(org_id)
 
 
+def removed_member_key(org_id: UUID, user_id: UUID) -> str:
+    """Where the registry notes when it removed `user_id` from `org_id` (seconds since the epoch), for
+    as long as an access token can outlive the removal: a service that authorises from a token's
+    `orgs` claim, which is as old as the token, refuses tokens issued before that moment."""
+    return f"agentline:removed-member:{org_id}:{user_id}"
+
+
 class InvalidToken(Exception):
     """Missing, malformed, expired, or not signed by the registry. Maps to HTTP 401."""
 

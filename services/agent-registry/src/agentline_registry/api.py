@@ -186,10 +186,12 @@ async def add_member(
 
 @router.delete("/orgs/{org_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["orgs"])
 async def remove_member(
-    org_id: uuid.UUID, user_id: uuid.UUID, actor: ActorDep, uow: UnitOfWorkDep
+    org_id: uuid.UUID, user_id: uuid.UUID, actor: ActorDep, uow: UnitOfWorkDep, runtime: RuntimeDep
 ) -> Response:
-    """Remove a member (owner or admin only; the last owner stays)."""
+    """Remove a member (owner or admin only; the last owner stays); their access tokens stop
+    admitting test calls of the organisation at once, not when they expire."""
     await service.remove_member(uow.session, actor=actor.user_id, org_id=org_id, user_id=user_id)
+    await runtime.note_removed_member(org_id, user_id)
     await uow.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from agentline_registry import service
 from agentline_registry.api import NotAuthenticated, operations, router
 from agentline_registry.metrics import RegistryMetrics
-from agentline_registry.runtime import bootstrap, shutdown
+from agentline_registry.runtime import RemovalNotNoted, bootstrap, shutdown
 from agentline_registry.settings import RegistrySettings
 
 log = structlog.get_logger()
@@ -78,6 +78,9 @@ def _map_errors(app: FastAPI) -> None:
     async def bad_number(_: Request, error: Exception) -> Response:
         return _detail(status.HTTP_422_UNPROCESSABLE_CONTENT, f"number: {error}")
 
+    async def removal_not_noted(_: Request, error: Exception) -> Response:
+        return _detail(status.HTTP_503_SERVICE_UNAVAILABLE, str(error), headers={"Retry-After": "5"})
+
     async def integrity(_: Request, error: Exception) -> Response:
         log.warning("registry.integrity_conflict", error=type(error).__name__)
         return _detail(status.HTTP_409_CONFLICT, integrity_detail(error))
@@ -104,6 +107,7 @@ def _map_errors(app: FastAPI) -> None:
     app.add_exception_handler(NotAuthenticated, unauthenticated)
     app.add_exception_handler(InvalidPhoneNumber, bad_number)
     app.add_exception_handler(IntegrityError, integrity)
+    app.add_exception_handler(RemovalNotNoted, removal_not_noted)
     # OSError covers asyncpg's refused connections and every TimeoutError (one of its subclasses).
     for unavailable in (SQLAlchemyError, OSError):
         app.add_exception_handler(unavailable, database_unavailable)

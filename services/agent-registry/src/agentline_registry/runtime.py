@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from agentline_common.auth import removed_member_key
 from agentline_common.bus import Bus, BusUnavailable
 from agentline_common.outbox import OutboxRelay
 from agentline_common.processed_events import RedisProcessedEvents
 from agentline_common.registry_client import RegistryClient
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -28,6 +32,11 @@ log = structlog.get_logger()
 
 GAUGE_TIMEOUT_SECONDS = 2.0
 """Bound on reading the gauges for /metrics, so a silent database does not hold the scrape."""
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+class RemovalNotNoted(Exception):
+    """Redis could not be told of a member's removal, so the removal is not made (HTTP 503)."""
 
 
 @dataclass
@@ -41,6 +50,25 @@ class Runtime:
     relay: OutboxRelay
     metrics: RegistryMetrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def note_removed_member(self, org_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Tell the services that authorise from access tokens (the token-service's test calls) that
+        tokens issued until now no longer make `user_id` a member of `org_id`: a token's `orgs` claim
+        outlives a removal by up to the token's lifetime. Noted before the removal commits, so that
+        a removal is never made without it."""
+        lifetime = timedelta(minutes=self.settings.access_token_minutes)
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+                await self.redis.set(
+                    removed_member_key(org_id, user_id),
+                    int(time.time()),
+                    ex=lifetime + timedelta(minutes=1),
+                )
+        except (RedisError, OSError) as error:
+            log.warning("org.member_removal_not_noted", org_id=str(org_id), error=type(error).__name__)
+            raise RemovalNotNoted(
+                "Redis could not be reached, so the member was not removed; try again in a few seconds"
+            ) from error
 
     async def refresh_gauges(self) -> None:
         """Update the gauges read from the database; with the database down (refused, timed out,

@@ -106,6 +106,8 @@ class SessionRef(BaseModel):
 class RateDecision:
     allowed: bool
     retry_after_seconds: int = 0
+    removed_member: bool = False
+    """The user was removed from the agent's organisation after their access token was issued."""
 
 
 class AgentDirectory(Protocol):
@@ -118,9 +120,13 @@ class EventPublisher(Protocol):
 
 class CallAdmission(Protocol):
     """Counts a test call against `subject`'s limit and, only if it is admitted, records which session
-    `room_name` belongs to, in the same step: a refused call leaves no mapping behind."""
+    `room_name` belongs to, in the same step: a refused call leaves no mapping behind. A call is
+    refused first of all if `user` was removed from the agent's organisation after `token_issued_at`
+    (the token's `orgs` claim is as old as the token, up to 15 minutes)."""
 
-    async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision: ...
+    async def admit(
+        self, subject: str, *, room_name: str, ref: SessionRef, user: UUID, token_issued_at: int
+    ) -> RateDecision: ...
 
 
 class MissingAgentRequests:
@@ -356,7 +362,14 @@ async def issue_test_token(
         correlation_id=current_correlation_id(),
     )
     ref = SessionRef(session_id=session_id, agent_id=agent.id, org_id=agent.org_id)
-    decision = await admission.admit(subject, room_name=token.room_name, ref=ref)
+    decision = await admission.admit(
+        subject, room_name=token.room_name, ref=ref, user=user.user_id, token_issued_at=user.iat
+    )
+    if decision.removed_member:
+        raise NotAMember(
+            f"you were removed from the organisation that owns agent {agent.id}; "
+            "ask one of its owners or admins to add you again, then sign in again"
+        )
     if not decision.allowed:
         raise RateLimited(
             f"too many test calls: at most {settings.rate_limit_requests} every "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from agentline_common.auth import removed_member_key
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -23,8 +24,13 @@ ROOM_KEY_PREFIX = "agentline:token-service:room:"
 # A sliding-window log: one sorted-set member per request, scored by Redis's own clock (so replicas
 # with skewed clocks agree). An admitted request also stores its room's session mapping and returns 0;
 # a refused one stores nothing and returns the milliseconds until the oldest request in the window
-# leaves it.
+# leaves it, or -1 when the registry removed the user from the organisation after their token was
+# issued (KEYS[3], ARGV[6]).
 _ADMIT_AND_RECORD = """
+local removed_at = redis.call('GET', KEYS[3])
+if removed_at and tonumber(removed_at) >= tonumber(ARGV[6]) then
+  return -1
+end
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local window = tonumber(ARGV[1])
@@ -64,23 +70,32 @@ class RedisTestCalls:
         self._timeout = timeout
         self._script = redis.register_script(_ADMIT_AND_RECORD)
 
-    async def admit(self, subject: str, *, room_name: str, ref: SessionRef) -> RateDecision:
+    async def admit(
+        self, subject: str, *, room_name: str, ref: SessionRef, user: uuid.UUID, token_issued_at: int
+    ) -> RateDecision:
         try:
             async with asyncio.timeout(self._timeout):
                 wait_ms = int(
                     await self._script(
-                        keys=[RATE_KEY_PREFIX + subject, ROOM_KEY_PREFIX + room_name],
+                        keys=[
+                            RATE_KEY_PREFIX + subject,
+                            ROOM_KEY_PREFIX + room_name,
+                            removed_member_key(ref.org_id, user),
+                        ],
                         args=[
                             self._window_ms,
                             self._limit,
                             uuid.uuid4().hex,
                             ref.model_dump_json(),
                             self._mapping_ttl,
+                            token_issued_at,
                         ],
                     )
                 )
         except (RedisError, TimeoutError, OSError) as error:
             raise DependencyUnavailable(f"the test-call store is unavailable: {_UNAVAILABLE}") from error
+        if wait_ms < 0:
+            return RateDecision(allowed=False, removed_member=True)
         if wait_ms == 0:
             return RateDecision(allowed=True)
         return RateDecision(allowed=False, retry_after_seconds=max(1, -(-wait_ms // 1000)))
