@@ -158,6 +158,35 @@ def test_invalid_arguments_name_each_field() -> None:
     assert "'extra' was unexpected" in problems
 
 
+def test_formats_are_checked() -> None:
+    schema = {"type": "object", "properties": {"day": {"type": "string", "format": "date"}}}
+    assert argument_errors(schema, {"day": "2026-11-27"}) is None
+    problems = argument_errors(schema, {"day": "tomorrow"})
+    assert problems == "day: 'tomorrow' is not a 'date'"
+
+
+def test_a_backtracking_pattern_is_checked_in_linear_time() -> None:
+    """With Python's `re`, this check would take longer than the universe has existed."""
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": "^(a+)+$"}},
+        "patternProperties": {"^(b+)+$": {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    problems = argument_errors(schema, {"name": "a" * 64 + "!", "b" * 64 + "!": 1})
+    assert problems is not None
+    assert f"name: '{'a' * 64}!' does not match '^(a+)+$'" in problems
+    assert f"'{'b' * 64}!' was unexpected" in problems
+    assert argument_errors(schema, {"name": "a" * 64, "b" * 64: 1}) is None
+    assert argument_errors(schema, {"b" * 64: "one"}) == f"{'b' * 64}: 'one' is not of type 'integer'"
+
+
+def test_a_pattern_the_linear_time_engine_cannot_run_is_reported_not_run() -> None:
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(?!0)[0-9]+$"}}}
+    problems = argument_errors(schema, {"code": "12"})
+    assert problems is not None and "cannot be checked" in problems
+
+
 def tool(**overrides: object) -> WebhookTool:
     fields: dict[str, object] = {
         "name": "lookup",

@@ -8,13 +8,15 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 from urllib.parse import urlencode
 
+import re2
 from agentline_common.agents import AgentConfig, WebhookTool
 from agentline_common.events import (
     SESSION_NAMESPACE,
@@ -28,7 +30,9 @@ from agentline_common.events import (
     phone_session_id,
 )
 from agentline_common.rooms import InvalidRoomName, PhoneRoom, TestRoom, parse_room_name
-from jsonschema.validators import validator_for
+from jsonschema import ValidationError
+from jsonschema.protocols import Validator
+from jsonschema.validators import extend, validator_for
 
 SIP_TRUNK_NUMBER = "sip.trunkPhoneNumber"
 SIP_CALLER_NUMBER = "sip.phoneNumber"
@@ -175,10 +179,24 @@ def refusal(agent: AgentConfig, plan: SessionPlan) -> str | None:
 # webhook tools
 
 
+class UncheckablePattern(ValueError):
+    """A schema pattern RE2 cannot run (a look-around or back-reference): it is not run at all."""
+
+
 def argument_errors(schema: Mapping[str, Any], arguments: Any) -> str | None:
-    """A message naming every argument that breaks the tool's JSON schema, or None when valid."""
-    validator = validator_for(schema)(schema)
-    problems = sorted(validator.iter_errors(arguments), key=lambda error: list(error.path))
+    """A message naming every argument that breaks the tool's JSON schema, or None when valid.
+
+    Formats are checked (``"format": "date"`` refuses "tomorrow"). Patterns are matched by RE2, in
+    time linear in the argument: Python's `re` backtracks, holding the GIL meanwhile, so a schema's
+    ``^(a+)+$`` against 40 characters the model was talked into sending froze every call of the
+    worker for minutes. A pattern RE2 cannot run is reported instead of being run by `re`.
+    """
+    validator_class = _with_linear_time_patterns(validator_for(schema))
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    try:
+        problems = sorted(validator.iter_errors(arguments), key=lambda error: list(error.path))
+    except UncheckablePattern as error:
+        return f"the tool's schema has a pattern that cannot be checked: {error}"
     if not problems:
         return None
     described = []
@@ -186,6 +204,71 @@ def argument_errors(schema: Mapping[str, Any], arguments: Any) -> str | None:
         where = "/".join(str(part) for part in problem.path) or "(arguments)"
         described.append(f"{where}: {problem.message}")
     return "; ".join(described)
+
+
+@cache
+def _with_linear_time_patterns(validator_class: type[Validator]) -> type[Validator]:
+    """`validator_class` with every keyword that matches the arguments against a pattern on RE2."""
+    extended: type[Validator] = extend(
+        validator_class,
+        {
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+        },
+    )
+    return extended
+
+
+@cache
+def _compiled(pattern: str) -> re2._Regexp:
+    options = re2.Options()
+    options.log_errors = False  # a bad pattern is reported by `argument_errors`, not on stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as error:
+        raise UncheckablePattern(f"{pattern!r}: {error}") from error
+
+
+def _matches(pattern: str, text: str) -> bool:
+    return _compiled(pattern).search(text) is not None
+
+
+def _pattern(validator: Validator, pattern: str, instance: Any, _: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _matches(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Validator, patterns: Mapping[str, Any], instance: Any, _: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for name, value in instance.items():
+            if _matches(pattern, name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Validator, additional: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    declared = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    extras = sorted(
+        name
+        for name in instance
+        if name not in declared and not any(_matches(pattern, name) for pattern in patterns)
+    )
+    if validator.is_type(additional, "object"):
+        for name in extras:
+            yield from validator.descend(instance[name], additional, path=name)
+    elif additional is False and extras:
+        names = ", ".join(repr(name) for name in extras)
+        verb = "was" if len(extras) == 1 else "were"
+        yield ValidationError(f"Additional properties are not allowed ({names} {verb} unexpected)")
 
 
 def signature(secret: bytes, *, timestamp: int, payload: bytes) -> str:
