@@ -21,7 +21,14 @@ from agentline_common.agents import AgentConfig, WebhookTool
 from agentline_common.testing.fake_openai import ChatReply, FakeOpenAI
 from agentline_worker.job import job_vad
 from agentline_worker.pipeline import CallRecord, build_session, model_client
-from agentline_worker.service import SIGNATURE_HEADER, TIMESTAMP_HEADER, ended_event, verify_signature
+from agentline_worker.service import (
+    MAX_TOOL_RESULT_CHARS,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    TOOL_RESULT_CUT_NOTE,
+    ended_event,
+    verify_signature,
+)
 from agentline_worker.settings import WorkerSettings
 from agentline_worker.tools import tool_http_session
 from aiohttp import web
@@ -41,6 +48,8 @@ pytestmark = pytest.mark.integration
 
 SECRET_REF = "orders"
 GREETING = "Hello, you are through to Acme. How can I help?"
+FLOOD_BYTES = 96 * 1024 * 1024
+"""What a flooding tool would send: far more than the worker reads of an answer."""
 
 
 @dataclass
@@ -51,6 +60,8 @@ class WebhookServer:
     mode: str = "ok"
     calls: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    flooded: int = 0
+    flood_over: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -75,8 +86,26 @@ class WebhookServer:
             await asyncio.sleep(5)
         if self.mode == "error":
             return web.json_response({"error": "database on fire"}, status=500)
+        if self.mode == "flood":
+            return await self.flood(request)
         order = json.loads(body)["order_id"]
         return web.json_response({"order_id": order, "status": "shipped yesterday"})
+
+    async def flood(self, request: web.Request) -> web.StreamResponse:
+        """Stream up to FLOOD_BYTES, counting what went out until the worker hung up."""
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            while self.flooded < FLOOD_BYTES:
+                await response.write(chunk)
+                self.flooded += len(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            self.flood_over.set()
+        return response
 
     async def handle_get(self, request: web.Request) -> web.Response:
         """A GET tool's call, verified as a receiver would: over the raw query bytes received."""
@@ -341,6 +370,29 @@ async def test_a_slow_tool_times_out_and_the_session_goes_on(
         outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
         assert outputs[0].is_error and "did not answer within 0.5 seconds" in outputs[0].output
         assert messages(result) == ["Sorry, our order system is slow right now."]
+        fake_openai.reply("Anything else?")
+        assert messages(await call.session.run(user_input="OK")) == ["Anything else?"]
+    finally:
+        await call.close()
+
+
+async def test_a_tool_answer_is_read_only_up_to_its_bound_and_the_model_told_it_was_cut(
+    fake_openai: FakeOpenAI, http: aiohttp.ClientSession, webhook: WebhookServer, vad_model: vad.VAD
+) -> None:
+    webhook.mode = "flood"
+    config = agent_config(webhook=webhook, timeout=30.0)
+    call = await start_call(config, fake=fake_openai, http=http, vad_model=vad_model, secret=webhook.secret)
+    try:
+        fake_openai.reply_tool_call("lookup_order", {"order_id": "A-3"})
+        fake_openai.reply("That order has a very long history.")
+        result: RunResult[None] = await call.session.run(user_input="Where is order A-3?")
+        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        assert len(outputs) == 1 and not outputs[0].is_error
+        assert outputs[0].output == "x" * MAX_TOOL_RESULT_CHARS + TOOL_RESULT_CUT_NOTE
+        assert messages(result) == ["That order has a very long history."]
+        await asyncio.wait_for(webhook.flood_over.wait(), 60)
+        # The worker hung up after its bound: what went out is what the sockets' buffers held.
+        assert webhook.flooded < FLOOD_BYTES // 4
         fake_openai.reply("Anything else?")
         assert messages(await call.session.run(user_input="OK")) == ["Anything else?"]
     finally:

@@ -43,6 +43,10 @@ SIGNATURE_HEADER = "X-Agentline-Signature"
 SIGNATURE_VERSION = "v1"
 SIGNATURE_TOLERANCE_SECONDS = 300
 MAX_TOOL_RESULT_CHARS = 4000
+MAX_TOOL_RESPONSE_BYTES = 4 * MAX_TOOL_RESULT_CHARS
+"""How much of a webhook's answer is read: UTF-8 takes at most 4 bytes a character, so no answer that
+`MAX_TOOL_RESULT_CHARS` would keep is cut shorter."""
+TOOL_RESULT_CUT_NOTE = "\n[The tool's answer was longer and was cut here.]"
 
 
 class PlanError(ValueError):
@@ -362,10 +366,14 @@ def destination_refusal(
     return f"{address} is not a public address (allow its network in TOOL_ALLOWED_NETWORKS)"
 
 
-def tool_result_text(*, status: int, body: str) -> str:
-    """What the model reads after a webhook answered 2xx: the body, bounded."""
+def tool_result_text(*, status: int, body: str, cut: bool = False) -> str:
+    """What the model reads after a webhook answered 2xx: the body, bounded, saying so when the
+    answer was longer (`cut`: longer than what was read), so that the model does not take a part for
+    the whole."""
     text = body.strip() or f"(HTTP {status}, empty answer)"
-    return text[:MAX_TOOL_RESULT_CHARS]
+    if cut or len(text) > MAX_TOOL_RESULT_CHARS:
+        return text[:MAX_TOOL_RESULT_CHARS] + TOOL_RESULT_CUT_NOTE
+    return text
 
 
 def tool_failure_text(tool_name: str, *, status: int | None, body: str = "") -> str:

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from agentline_worker.service import (
+    MAX_TOOL_RESPONSE_BYTES,
     argument_errors,
     destination_refusal,
     tool_failure_text,
@@ -121,7 +122,7 @@ def webhook_tool(
                 timeout=aiohttp.ClientTimeout(total=tool.timeout_seconds),
                 allow_redirects=False,
             ) as response:
-                body = await response.text(errors="replace")
+                body, cut = await _read_bounded(response)
                 status = response.status
         except TimeoutError as error:
             log.warning("tool.timed_out", tool=tool.name, timeout_seconds=tool.timeout_seconds)
@@ -139,8 +140,8 @@ def webhook_tool(
         if not 200 <= status < 300:
             log.warning("tool.failed", tool=tool.name, status=status, elapsed_ms=elapsed_ms)
             raise ToolError(tool_failure_text(tool.name, status=status, body=body))
-        log.info("tool.called", tool=tool.name, status=status, elapsed_ms=elapsed_ms)
-        return tool_result_text(status=status, body=body)
+        log.info("tool.called", tool=tool.name, status=status, elapsed_ms=elapsed_ms, cut=cut)
+        return tool_result_text(status=status, body=body, cut=cut)
 
     return function_tool(
         call,
@@ -150,6 +151,26 @@ def webhook_tool(
             "parameters": tool.parameters,
         },
     )
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> tuple[str, bool]:
+    """The first `MAX_TOOL_RESPONSE_BYTES` of the answer, decoded, and whether there was more.
+
+    The model sees only the first `MAX_TOOL_RESULT_CHARS` anyway; read whole, an answer streaming
+    gigabytes within the tool's timeout would fill the worker's memory, and end every call in it.
+    """
+    data = bytearray()
+    while len(data) <= MAX_TOOL_RESPONSE_BYTES:
+        chunk = await response.content.read(MAX_TOOL_RESPONSE_BYTES + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    kept = bytes(data[:MAX_TOOL_RESPONSE_BYTES])
+    try:
+        text = kept.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = kept.decode("utf-8", errors="replace")
+    return text, len(data) > MAX_TOOL_RESPONSE_BYTES
 
 
 def _refuse_literal_destination(tool: WebhookTool, url: str, allowed: Networks) -> None:
