@@ -4,15 +4,19 @@ registry and reporting on the real broker. Signalling only (loopback): no media 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from agentline_common.agents import AgentConfig
 from agentline_common.events import SessionEnded, SessionStarted, phone_session_id
 from agentline_common.registry_client import agent_key, number_key
 from agentline_common.rooms import LIVEKIT_GUID_ALPHABET, new_test_room
@@ -24,8 +28,11 @@ from agentline_common.testing.services import (
     new_worker,
     random_e164,
 )
+from agentline_worker.job import Clients, look_up_agent
 from agentline_worker.service import SIP_CALL_SID, SIP_TRUNK_NUMBER, fallback_session_id
+from agentline_worker.settings import WorkerSettings
 from livekit import api, rtc
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 pytestmark = pytest.mark.integration
@@ -514,3 +521,72 @@ async def test_a_long_call_begun_in_a_broker_outage_reports_its_end_once_the_bro
         running_registry.wait_for_session, tenant.token, session_id, status="ended", timeout=60.0
     )
     assert logged["end_reason"] == "user_hangup"
+
+
+@pytest.fixture
+def unreachable_redis_url() -> Iterator[str]:
+    """A Redis URL on loopback whose connections never complete, as to a host that drops packets: the
+    port listens, but its accept queue is full and never taken from, so the kernel drops new SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        for held in (*fillers, listener):
+            held.close()
+
+
+def worker_settings(registry: RegistryService, redis_url: str) -> WorkerSettings:
+    return WorkerSettings(
+        amqp_url=SecretStr(registry.amqp_url),
+        bus_exchange=registry.exchange,
+        redis_url=SecretStr(redis_url),
+    )
+
+
+async def test_a_look_up_with_redis_unreachable_is_answered_within_seconds(
+    running_registry: RegistryService, unreachable_redis_url: str
+) -> None:
+    """The cache read and the write of the registry's answer each wait for a connection that never
+    comes: with redis-py's 5 s to connect, the caller heard over 10 s of silence first."""
+    tenant = running_registry.new_tenant()
+    settings = worker_settings(running_registry, unreachable_redis_url)
+    clients = Clients.create(settings)
+    try:
+        await clients.bus.connect()
+        started = time.monotonic()
+        agent = await look_up_agent(
+            clients.registry,
+            new_test_room(tenant.agent_id).name,
+            bus_ready=functools.partial(asyncio.sleep, 0),  # connected above
+            give_up_after=settings.lookup_give_up_seconds,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        await clients.close()
+    assert isinstance(agent, AgentConfig) and agent.id == tenant.agent_id
+    assert elapsed < 8.0
+
+
+async def test_a_look_up_that_cannot_finish_refuses_the_call_within_its_bound(
+    running_registry: RegistryService, redis_url: str
+) -> None:
+    tenant = running_registry.new_tenant()  # not in the cache: the look-up needs the broker
+    settings = worker_settings(running_registry, redis_url)
+    clients = Clients.create(settings)
+    try:
+        answer = await look_up_agent(
+            clients.registry,
+            new_test_room(tenant.agent_id).name,
+            bus_ready=asyncio.Event().wait,  # the broker's handshake never ends
+            give_up_after=settings.lookup_give_up_seconds,
+        )
+    finally:
+        await clients.close()
+    assert answer == "the agent could not be looked up within 5 s"

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -56,6 +57,9 @@ FINISH_MARGIN_SECONDS = 10.0
 """How much longer than the publish's own bound a job's end waits for `session.ended`."""
 BUS_RETRY_SECONDS = 1.0
 """Between attempts to connect a call's bus while the broker is down."""
+REDIS_TIMEOUT_SECONDS = 1.0
+"""For connecting to Redis and for each of its answers: a look-up asks it up to three times while the
+caller hears silence, and redis-py's own default is 5 s to connect."""
 CALLER_KINDS = [
     rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
     rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
@@ -133,7 +137,11 @@ class Clients:
         """The call's clients, not connected yet: Redis connects on its first command, the bus when
         `bus.connect()` is awaited."""
         bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
-        redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2)
+        redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+        )
         registry = RegistryClient.configured(
             settings, bus=bus, redis=redis, timeout=settings.registry_timeout_seconds, answer_stale=True
         )
@@ -253,34 +261,14 @@ class Call:
     async def _look_up(
         self, registry: RegistryClient, bus_connected: asyncio.Task[None]
     ) -> AgentConfig | str:
-        """The agent the room name points at, or why there is none.
-
-        Runs while the agent joins the room: the name alone says which agent (its id, or the dialled
-        number), so the look-up need not wait for the join or the caller. Whether the call may go
-        to that agent is decided afterwards, by `plan_session` and `refusal`. The cache usually
-        holds the agent (the token-service or the gateway just looked it up), so only a miss waits
-        for the broker's handshake. Without the broker, the registry client answers from the agent's
-        last known config, as the gateway did when it bridged the call: at once, once the first
-        attempt to connect has failed, rather than after `registry_timeout_seconds` of silence.
-        """
+        """The agent the room name points at, or why there is none (see `look_up_agent`)."""
         try:
-            room = parse_room_name(self._room_name)
-            if isinstance(room, PhoneRoom):
-                cached = await registry.cached_agent_by_number(room.number)
-            else:
-                cached = await registry.cached_agent(room.agent_id)
-            if cached is not None:
-                return cached
-            await self._bus_connected_or_refused(bus_connected)
-            if isinstance(room, PhoneRoom):
-                return await registry.agent_by_number(room.number)
-            return await registry.get_agent(room.agent_id)
-        except InvalidRoomName as error:
-            return str(error)
-        except AgentNotFound:
-            return "no such agent"
-        except RegistryUnavailable as error:
-            return str(error)
+            return await look_up_agent(
+                registry,
+                self._room_name,
+                bus_ready=lambda: self._bus_connected_or_refused(bus_connected),
+                give_up_after=self._settings.lookup_give_up_seconds,
+            )
         finally:
             self._looked_up_at = time.time()
 
@@ -443,3 +431,44 @@ class Call:
             await asyncio.gather(self._bus_connected, return_exceptions=True)
         if self._clients is not None:
             await self._clients.close()
+
+
+async def look_up_agent(
+    registry: RegistryClient,
+    room_name: str,
+    *,
+    bus_ready: Callable[[], Awaitable[None]],
+    give_up_after: float,
+) -> AgentConfig | str:
+    """The agent `room_name` points at, or why there is none, within `give_up_after` seconds.
+
+    Runs while the agent joins the room: the name alone says which agent (its id, or the dialled
+    number), so the look-up need not wait for the join or the caller. Whether the call may go
+    to that agent is decided afterwards, by `plan_session` and `refusal`. The cache usually
+    holds the agent (the token-service or the gateway just looked it up), so only a miss waits
+    (`bus_ready`) for the broker's handshake. Without the broker, the registry client answers from
+    the agent's last known config, as the gateway did when it bridged the call: at once, once the
+    first attempt to connect has failed, rather than after `registry_timeout_seconds` of silence.
+    Each step has a bound of its own; `give_up_after` bounds their sum, the caller's silence.
+    """
+    try:
+        async with asyncio.timeout(give_up_after):
+            room = parse_room_name(room_name)
+            if isinstance(room, PhoneRoom):
+                cached = await registry.cached_agent_by_number(room.number)
+            else:
+                cached = await registry.cached_agent(room.agent_id)
+            if cached is not None:
+                return cached
+            await bus_ready()
+            if isinstance(room, PhoneRoom):
+                return await registry.agent_by_number(room.number)
+            return await registry.get_agent(room.agent_id)
+    except InvalidRoomName as error:
+        return str(error)
+    except AgentNotFound:
+        return "no such agent"
+    except RegistryUnavailable as error:
+        return str(error)
+    except TimeoutError:
+        return f"the agent could not be looked up within {give_up_after:g} s"

@@ -59,6 +59,9 @@ class WorkerSettings(CommonSettings):
     it gives the call up as `call_failed`: a dispatch may come before the caller has joined."""
 
     registry_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
+    lookup_give_up_seconds: float = Field(default=5.0, gt=0, le=30)
+    """How long a call's agent look-up may take in all (cache, broker, registry) before the call is
+    refused: the caller hears silence meanwhile."""
     publish_give_up_seconds: float = Field(default=60.0, gt=0, le=600)
     """How long a call's bus keeps connecting, and a session event is retried, through a broker outage
     before the event is logged as lost."""
