@@ -116,6 +116,26 @@ async def test_unroutable_publish_raises_and_is_counted(make_bus: Any) -> None:
     assert 'agentline_bus_publishes_total{result="confirmed"} 1.0' in text
 
 
+async def test_a_reliable_publish_waits_for_its_queue_to_be_bound(make_bus: Any) -> None:
+    """As after a broker that lost its definitions: the consumer declares its queue again only after
+    the event was first published, and returned as unroutable."""
+    publisher, consumer = await make_bus(), await make_bus()
+    received: asyncio.Queue[Event] = asyncio.Queue()
+    event = session_requested()
+    publishing = asyncio.create_task(publisher.publish_reliably(event, give_up_after=60))
+    async with asyncio.timeout(30):
+        while publisher.publish_failures == 0:
+            await asyncio.sleep(0.05)
+    await consumer.consume(
+        queue=f"q-{uuid.uuid4().hex[:8]}",
+        routing_keys=["session.requested"],
+        handler=received.put,
+        processed=InMemoryProcessedEvents(),
+    )
+    await asyncio.wait_for(publishing, 60)
+    assert await asyncio.wait_for(received.get(), 30) == event
+
+
 async def test_failing_handler_dead_letters_after_max_attempts(make_bus: Any, amqp_url: str) -> None:
     bus = await make_bus()
     attempts: list[uuid.UUID] = []

@@ -76,7 +76,8 @@ class PublishError(BusError):
 
 
 class Unroutable(PublishError):
-    """No queue is bound for the routing key: retrying will not help until a consumer declares one."""
+    """No queue is bound for the routing key (yet: a broker that lost its definitions has none until
+    its consumers declare their queues again, which `publish_reliably` waits for)."""
 
 
 class RpcError(BusError):
@@ -237,8 +238,11 @@ class Bus:
     ) -> None:
         """Publish `event`, retrying through broker outages until confirmed or `give_up_after` passes.
 
-        A retried publish whose first confirm was lost can deliver the event twice; consumers are
-        idempotent on the event id, so at-least-once is the right trade here.
+        An unroutable publish is retried too: after a broker restart that lost its definitions, the
+        consumers' queues come back only as each consumer reconnects and declares its own, and an
+        event published before would be lost. A retried publish whose first confirm was lost can
+        deliver the event twice; consumers are idempotent on the event id, so at-least-once is the
+        right trade here.
         """
         deadline = asyncio.get_running_loop().time() + give_up_after
         delay = 0.05
@@ -246,12 +250,12 @@ class Bus:
             try:
                 await self.publish(event, timeout=attempt_timeout)
                 return
-            except Unroutable:
-                raise
-            except PublishError:
+            except PublishError as error:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise
-                log.info("bus.publish_retrying", event_type=event.type, event_id=str(event.id))
+                log.info(
+                    "bus.publish_retrying", event_type=event.type, event_id=str(event.id), error=str(error)
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
