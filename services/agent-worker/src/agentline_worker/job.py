@@ -171,6 +171,7 @@ class Call:
         self._clients: Clients | None = None
         self._record = CallRecord()
         self._agent: AgentConfig | None = None
+        self._started: asyncio.Task[None] | None = None
         self._ended: asyncio.Task[None] | None = None
         self._bus_connected: asyncio.Task[None] | None = None
         self._bus_refused = asyncio.Event()
@@ -312,13 +313,17 @@ class Call:
             looked_up_ms=round((self._looked_up_at - self._entered_at) * 1000, 1),
             since_join_ms=round((time.time() - self._joined_at) * 1000, 1),
         )
-        await self._publish(
-            started_event(
-                plan,
-                agent,
-                session_id=self._session_id,
-                worker_id=self._ctx.worker_id,
-                job_id=self._ctx.job.id,
+        # A task of its own, which `finish` waits for: awaited here, a publish retrying through a
+        # broker outage was cancelled with the entrypoint (15 s after a hang-up), silently.
+        self._started = asyncio.create_task(
+            self._publish(
+                started_event(
+                    plan,
+                    agent,
+                    session_id=self._session_id,
+                    worker_id=self._ctx.worker_id,
+                    job_id=self._ctx.job.id,
+                )
             )
         )
 
@@ -409,18 +414,23 @@ class Call:
         except (BusUnavailable, PublishError, TimeoutError) as error:
             log.error("call.event_lost", event_type=event.type, event_id=str(event.id), error=str(error))
             return
+        except asyncio.CancelledError:
+            log.error("call.event_lost", event_type=event.type, event_id=str(event.id), error="cancelled")
+            raise
         log.info("call.published", event_type=event.type, event_id=str(event.id))
 
     async def finish(self, reason: str) -> None:
         """Job shutdown: report the end if nothing did yet (the job stopped before a session began),
-        wait for `session.ended` to be confirmed, then close the clients, however the wait ends."""
+        wait for `session.started` and `session.ended` to be confirmed, then close the clients,
+        however the wait ends."""
         try:
             self._report_end(self._record.reason, detail=f"the job stopped ({reason}) before the call began")
-            if self._ended is not None:
+            publishing = {task for task in (self._started, self._ended) if task is not None}
+            if publishing:
                 bound = self._settings.publish_give_up_seconds + FINISH_MARGIN_SECONDS
-                # asyncio.wait neither cancels the publish nor raises if it was cancelled.
-                confirmed, _ = await asyncio.wait({self._ended}, timeout=bound)
-                if not confirmed:
+                # asyncio.wait neither cancels the publishes nor raises if one was cancelled.
+                _, unconfirmed = await asyncio.wait(publishing, timeout=bound)
+                if self._ended in unconfirmed:
                     log.error("call.ended_not_confirmed", reason=reason)
         finally:
             await self._close()
