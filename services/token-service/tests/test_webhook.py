@@ -66,7 +66,11 @@ async def session_room(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     async def record(room_name: str | None = None) -> tuple[str, SessionRef]:
         ref = SessionRef(session_id=uuid.uuid4(), agent_id=uuid.uuid4(), org_id=uuid.uuid4())
         name = room_name or new_test_room(ref.agent_id).name
-        assert (await calls.admit(f"user:{uuid.uuid4()}", room_name=name, ref=ref)).allowed
+        assert (
+            await calls.admit(
+                f"user:{uuid.uuid4()}", room_name=name, ref=ref, user=uuid.uuid4(), token_issued_at=0
+            )
+        ).allowed
         return name, ref
 
     yield record
