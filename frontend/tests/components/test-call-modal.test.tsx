@@ -127,6 +127,18 @@ describe("TestCallModal", () => {
     expect(call.end).not.toHaveBeenCalled();
   });
 
+  it("does not ask again on the next call when the agent ended the one it asked about", async () => {
+    const { user, rerender } = renderModal(callState());
+    await user.keyboard("{Escape}");
+    expect(screen.getByRole("group", { name: "End the test call?" })).toBeInTheDocument();
+
+    const modal = (call: TestCall) => <TestCallModal agentName="Front desk" call={call} onClose={vi.fn()} />;
+    rerender(modal(callState({ status: "ended", endReason: "The agent ended the call." })));
+    rerender(modal(callState({ status: "connecting", connectedAt: null })));
+
+    expect(screen.queryByRole("group", { name: "End the test call?" })).not.toBeInTheDocument();
+  });
+
   it("closes at once on Escape when no call is live", async () => {
     const { user, onClose } = renderModal(callState({ status: "ended", endReason: "You ended the call." }));
 

@@ -10,6 +10,10 @@ import type { Page, SessionRead, SessionStatus } from "@/services/types";
 import styles from "./session-log.module.css";
 
 const PAGE_SIZE = 10;
+/** How often the log is read again while a call on the page has not ended: its end arrives from the
+ * worker over the bus a moment after the caller hangs up, and a phone call may be in progress. */
+export const UNSETTLED_POLL_MS = 3000;
+const UNSETTLED: ReadonlySet<SessionStatus> = new Set(["requested", "active"]);
 
 const STATUS_BADGES: Record<SessionStatus, string> = {
   requested: "badge-warning",
@@ -36,15 +40,31 @@ function latencySummary(session: SessionRead): string | null {
   return `${latencies.length} turn${latencies.length === 1 ? "" : "s"}, mean response ${Math.round(mean)} ms`;
 }
 
-export function SessionLog({ agentId, refreshKey }: { agentId: string; refreshKey: number }) {
+export function SessionLog({
+  agentId,
+  refreshKey,
+  load = listSessions,
+}: {
+  agentId: string;
+  refreshKey: number;
+  load?: typeof listSessions;
+}) {
   const [offset, setOffset] = useState(0);
   const [page, setPage] = useState<Page<SessionRead> | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [open, setOpen] = useState<Set<string>>(() => new Set());
+  const [polls, setPolls] = useState(0);
+  const unsettled = page?.items.some((session) => UNSETTLED.has(session.status)) ?? false;
+
+  useEffect(() => {
+    if (!unsettled) return;
+    const timer = window.setTimeout(() => setPolls((count) => count + 1), UNSETTLED_POLL_MS);
+    return () => window.clearTimeout(timer);
+  }, [unsettled, page]);
 
   useEffect(() => {
     let cancelled = false;
-    listSessions(agentId, { limit: PAGE_SIZE, offset })
+    load(agentId, { limit: PAGE_SIZE, offset })
       .then((answer) => {
         if (cancelled) return;
         setPage(answer);
@@ -56,7 +76,7 @@ export function SessionLog({ agentId, refreshKey }: { agentId: string; refreshKe
     return () => {
       cancelled = true;
     };
-  }, [agentId, offset, refreshKey]);
+  }, [agentId, offset, refreshKey, polls, load]);
 
   const toggle = (id: string) =>
     setOpen((previous) => {

@@ -63,7 +63,14 @@ export function TestCallModal({ agentName, call, onClose }: { agentName: string;
   const keepTalkingRef = useRef<HTMLButtonElement>(null);
   const [confirmRequested, setConfirming] = useState(false);
   const live = LIVE_STATUSES.has(call.status);
-  // A call that ends by itself needs no confirmation any more.
+  // A call that ends by itself needs no confirmation any more, nor does the next one: the request is
+  // dropped when the call stops being live (adjusted while rendering, as React advises for state
+  // that follows a prop).
+  const [wasLive, setWasLive] = useState(live);
+  if (live !== wasLive) {
+    setWasLive(live);
+    if (!live) setConfirming(false);
+  }
   const confirming = confirmRequested && live;
   const elapsed = useElapsed(call.connectedAt, call.status === "connected" || call.status === "reconnecting");
 
