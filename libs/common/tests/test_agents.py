@@ -1,7 +1,8 @@
 import uuid
+from typing import Any
 
 import pytest
-from agentline_common.agents import AgentConfig, WebhookTool
+from agentline_common.agents import MAX_SCHEMA_NESTING, AgentConfig, WebhookTool
 from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
@@ -40,6 +41,32 @@ def test_invalid_tools_name_the_field(overrides: dict[str, object], field: str) 
     with pytest.raises(ValidationError) as caught:
         WebhookTool.model_validate(tool(**overrides))
     assert field in {str(loc) for error in caught.value.errors() for loc in error["loc"]}
+
+
+def nested_schema(levels: int) -> dict[str, Any]:
+    """An object schema nesting `levels` objects in properties: 2 * levels + 1 dicts deep."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
+def validated_under(frames: int, schema: dict[str, Any]) -> WebhookTool:
+    """The tool validated with `frames` calls already on the stack, as deep in a service's own code."""
+    if frames:
+        return validated_under(frames - 1, schema)
+    return WebhookTool.model_validate(tool(parameters=schema))
+
+
+def test_a_schema_at_the_nesting_cap_is_checked_even_deep_in_a_stack() -> None:
+    deepest = nested_schema((MAX_SCHEMA_NESTING - 1) // 2)
+    assert validated_under(600, deepest).parameters == deepest
+
+
+@pytest.mark.parametrize("levels", [MAX_SCHEMA_NESTING // 2, 100, 1000])
+def test_a_schema_nested_past_the_cap_is_a_validation_error(levels: int) -> None:
+    with pytest.raises(ValidationError, match="flatten it"):
+        WebhookTool.model_validate(tool(parameters=nested_schema(levels)))
 
 
 def test_agent_config_rejects_non_e164_numbers() -> None:

@@ -48,6 +48,14 @@ async def _person(app: RunningApp) -> Person:
     return Person(user_id=user.id, email=email, headers={"Authorization": f"Bearer {token}"})
 
 
+def _nested_schema(levels: int) -> dict[str, Any]:
+    """An object schema whose properties nest `levels` objects deep (a 4 KB body at 100)."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
 def _number() -> str:
     return f"+1555{secrets.randbelow(10**7):07d}"
 
@@ -361,6 +369,12 @@ async def test_numbers_assign_release_and_conflict(world: World) -> None:
                 "tools": [{"name": "t", "description": "d", "url": "http://h/x", "parameters": {"type": 12}}],
             },
             "tools",
+        ),
+        (
+            "POST",
+            "/api/v1/orgs/{org}/agents",
+            {"name": "a", "tools": [{**TOOL, "parameters": _nested_schema(100)}]},
+            "flatten it",
         ),
         (
             "POST",

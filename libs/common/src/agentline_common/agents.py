@@ -13,6 +13,11 @@ from agentline_common.rooms import require_e164
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
 RESERVED_TOOL_NAMES = frozenset({"end_call"})
+MAX_SCHEMA_NESTING = 32
+"""How deep objects and lists may nest in a tool's arguments schema. jsonschema checks a schema
+recursively, and about 100 levels exhaust Python's stack (a RecursionError, not a validation error);
+this bound keeps well clear of that in every service that checks the schema, however deep its own
+stack already is when it does."""
 
 
 class WebhookTool(BaseModel):
@@ -46,6 +51,11 @@ class WebhookTool(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _valid_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        if nests_deeper_than(schema, MAX_SCHEMA_NESTING):
+            raise ValueError(
+                f"the arguments schema nests objects and lists more than {MAX_SCHEMA_NESTING} levels "
+                "deep; flatten it"
+            )
         try:
             validator_for(schema).check_schema(schema)
         except SchemaError as error:
@@ -53,6 +63,24 @@ class WebhookTool(BaseModel):
         if schema.get("type") != "object":
             raise ValueError('the arguments schema must have "type": "object"')
         return schema
+
+
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether dicts and lists nest more than `limit` levels in `value`; walked with a stack of its
+    own, not by recursion, because the point is to refuse what would exhaust Python's stack."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 AgentTool = WebhookTool
