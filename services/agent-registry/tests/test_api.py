@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ import httpx
 import pytest
 import pytest_asyncio
 from agentline_common.auth import JwksVerifier, Role
+from agentline_common.bus import Bus
 from agentline_common.events import SessionEnded, SessionEndedData
+from agentline_common.testing.services import RegistryService
 from agentline_registry import service
 from agentline_registry.credentials import SigningKey, issue_access_token
 from agentline_registry.runtime import Runtime
@@ -27,6 +30,9 @@ from .conftest import RunningApp
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery staple"
+GUESSERS = 32
+"""Concurrent bad log-ins kept in flight against the registry process."""
+LOOKUPS = 10
 TOOL = {"name": "t", "description": "d", "url": "http://h/x"}
 
 
@@ -271,6 +277,67 @@ async def test_wrong_password_and_unknown_email_look_the_same(world: World) -> N
     )
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json() == unknown.json()
+
+
+async def test_failed_logins_past_the_limit_are_429_with_retry_after(world: World) -> None:
+    client, settings = world.app.client, world.app.runtime.settings
+    target, bystander = await _person(world.app), await _person(world.app)
+    for _ in range(settings.login_failures_per_email):
+        wrong = await client.post(
+            "/api/v1/auth/login", json={"email": target.email.upper(), "password": "wrong password"}
+        )
+        assert wrong.status_code == 401, wrong.text
+
+    refused = await client.post("/api/v1/auth/login", json={"email": target.email, "password": PASSWORD})
+
+    assert refused.status_code == 429, refused.text
+    assert "too many failed log-ins" in refused.json()["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= settings.login_failure_window_seconds
+    other = await client.post("/api/v1/auth/login", json={"email": bystander.email, "password": PASSWORD})
+    assert other.status_code == 200, other.text
+
+
+async def test_successful_logins_do_not_count_toward_the_limit(world: World) -> None:
+    client, settings = world.app.client, world.app.runtime.settings
+    person = await _person(world.app)
+    for _ in range(settings.login_failures_per_email + 1):
+        response = await client.post("/api/v1/auth/login", json={"email": person.email, "password": PASSWORD})
+        assert response.status_code == 200, response.text
+
+
+async def test_look_ups_answer_while_bad_logins_are_in_flight(
+    running_registry: RegistryService, registry_bus: Bus
+) -> None:
+    """Password hashing (about 0.2 s of CPU each) must not hold up the look-ups calls depend on."""
+    tenant = await asyncio.to_thread(running_registry.new_tenant)
+    answered = 0
+    enough_in_flight = asyncio.Event()
+
+    async def keep_guessing(client: httpx.AsyncClient) -> None:
+        nonlocal answered
+        while True:
+            email = f"nobody-{secrets.token_hex(6)}@example.test"  # a new email each: under its limit
+            response = await client.post("/auth/login", json={"email": email, "password": "guess"})
+            assert response.status_code == 401, response.text
+            answered += 1
+            if answered >= GUESSERS:
+                enough_in_flight.set()
+
+    async with httpx.AsyncClient(base_url=running_registry.api_url, timeout=60) as client:
+        guessers = [asyncio.create_task(keep_guessing(client)) for _ in range(GUESSERS)]
+        try:
+            await asyncio.wait_for(enough_in_flight.wait(), 60)
+            # One after another, each within the bound every look-up caller (token-service, gateway,
+            # worker) waits: a loop busy hashing passwords misses some of them.
+            answers = [
+                await registry_bus.request("agent.get", {"id": str(tenant.agent_id)}) for _ in range(LOOKUPS)
+            ]
+        finally:
+            for guesser in guessers:
+                guesser.cancel()
+            await asyncio.gather(*guessers, return_exceptions=True)
+
+    assert {answer["id"] for answer in answers} == {str(tenant.agent_id)}
 
 
 async def test_agent_lifecycle_and_pagination(world: World) -> None:

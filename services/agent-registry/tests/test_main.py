@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentline_common.rate_limits import SlidingWindowLimit
 from agentline_registry import service
 from agentline_registry.credentials import SigningKey
 from agentline_registry.database import create_engine, session_factory
 from agentline_registry.schemas import MemberCreate
 from agentline_registry.tables import OUTBOX
+from redis.asyncio import Redis
 from sqlalchemy import select
 
 pytestmark = pytest.mark.integration
@@ -53,14 +55,19 @@ async def cli(tmp_path: Path) -> Cli:
     return runner
 
 
-async def _can_log_in(database_url: str, email: str, password: str) -> bool:
+async def _can_log_in(database_url: str, redis_url: str, email: str, password: str) -> bool:
     engine = create_engine(database_url)
+    redis = Redis.from_url(redis_url)
+    failures = SlidingWindowLimit(
+        redis, key_prefix=f"test-{uuid.uuid4().hex}:", limit=5, window_seconds=60, timeout=2.0
+    )
     try:
         async with session_factory(engine)() as db:
             await service.login(
                 db,
                 email=email,
                 password=password,
+                failures=failures,
                 key=SigningKey.generate(),
                 issuer="i",
                 audience="a",
@@ -70,10 +77,11 @@ async def _can_log_in(database_url: str, email: str, password: str) -> bool:
     except service.Unauthenticated:
         return False
     finally:
+        await redis.aclose()
         await engine.dispose()
 
 
-async def test_seed_demo_is_idempotent_and_its_printed_login_works(cli: Cli) -> None:
+async def test_seed_demo_is_idempotent_and_its_printed_login_works(cli: Cli, redis_url: str) -> None:
     first = await cli.ok("seed-demo")
     second = await cli.ok("seed-demo")
     assert first["email"] == "demo@agentline.local"
@@ -82,8 +90,8 @@ async def test_seed_demo_is_idempotent_and_its_printed_login_works(cli: Cli) -> 
         second["agent_id"],
         second["user_id"],
     )
-    assert await _can_log_in(cli.database_url, second["email"], second["password"])
-    assert not await _can_log_in(cli.database_url, first["email"], first["password"])
+    assert await _can_log_in(cli.database_url, redis_url, second["email"], second["password"])
+    assert not await _can_log_in(cli.database_url, redis_url, first["email"], first["password"])
 
 
 async def test_operator_commands_build_a_tenant(cli: Cli) -> None:

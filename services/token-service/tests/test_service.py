@@ -13,14 +13,15 @@ from agentline_common.agents import AgentConfig
 from agentline_common.auth import Role, UserClaims
 from agentline_common.bus import PublishError
 from agentline_common.events import Event
+from agentline_common.rate_limits import RateDecision
 from agentline_common.registry_client import AgentNotFound
 from agentline_common.rooms import TestRoom, parse_room_name
 from agentline_token_service.service import (
     AgentInactive,
     DependencyUnavailable,
+    MemberRemoved,
     MissingAgentRequests,
     NotAMember,
-    RateDecision,
     RateLimited,
     SessionRef,
     authorize_test_call,
@@ -209,13 +210,16 @@ class FakePublisher:
 class FakeAdmission:
     """Admits or refuses every call as told; records the rooms of admitted calls."""
 
-    def __init__(self, decision: RateDecision) -> None:
+    def __init__(self, decision: RateDecision, *, removed: bool = False) -> None:
         self.decision = decision
+        self.removed = removed
         self.saved: dict[str, SessionRef] = {}
 
     async def admit(
         self, subject: str, *, room_name: str, ref: SessionRef, user: uuid.UUID, token_issued_at: int
     ) -> RateDecision:
+        if self.removed:
+            raise MemberRemoved("you were removed from the organisation")
         if self.decision.allowed:
             self.saved[room_name] = ref
         return self.decision
@@ -283,7 +287,7 @@ async def test_issue_refuses_past_the_rate_limit_with_the_wait() -> None:
 
 async def test_issue_refuses_a_user_removed_from_the_org_since_their_token_was_issued() -> None:
     tested = agent()
-    admission, publisher = FakeAdmission(RateDecision(allowed=False, removed_member=True)), FakePublisher()
+    admission, publisher = FakeAdmission(RateDecision(allowed=True), removed=True), FakePublisher()
     with pytest.raises(NotAMember, match="removed from the organisation"):
         await issue_test_token(
             settings(),

@@ -115,11 +115,16 @@ operations = APIRouter()
 
 @router.post("/auth/login", response_model=TokenRead, tags=["auth"])
 async def login(body: LoginRequest, uow: UnitOfWorkDep, runtime: RuntimeDep) -> TokenRead:
-    """Exchange email and password for a short-lived access token (RS256 JWT)."""
+    """Exchange email and password for a short-lived access token (RS256 JWT).
+
+    An email with too many failed log-ins lately is answered 429 with Retry-After, even with the
+    right password, until the window has passed.
+    """
     token = await service.login(
         uow.session,
         email=body.email,
         password=body.password,
+        failures=runtime.login_failures,
         key=runtime.signing_key,
         issuer=runtime.settings.jwt_issuer,
         audience=runtime.settings.jwt_audience,

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from agentline_common.http import ObservedRequests
+from agentline_common.rate_limits import RateLimitUnavailable
 from agentline_common.rooms import InvalidPhoneNumber
 from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -75,6 +76,22 @@ def _map_errors(app: FastAPI) -> None:
     async def unauthenticated(_: Request, error: Exception) -> Response:
         return _detail(status.HTTP_401_UNAUTHORIZED, str(error), headers={"WWW-Authenticate": "Bearer"})
 
+    async def too_many_logins(_: Request, error: Exception) -> Response:
+        assert isinstance(error, service.TooManyLogins)
+        return _detail(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            str(error),
+            headers={"Retry-After": str(error.retry_after_seconds)},
+        )
+
+    async def rate_limit_unavailable(_: Request, error: Exception) -> Response:
+        log.warning("registry.rate_limit_unavailable", error=str(error))
+        return _detail(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{error}; retry shortly",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+
     async def bad_number(_: Request, error: Exception) -> Response:
         return _detail(status.HTTP_422_UNPROCESSABLE_CONTENT, f"number: {error}")
 
@@ -105,6 +122,8 @@ def _map_errors(app: FastAPI) -> None:
     app.add_exception_handler(service.Conflict, conflict)
     app.add_exception_handler(service.Unauthenticated, unauthenticated)
     app.add_exception_handler(NotAuthenticated, unauthenticated)
+    app.add_exception_handler(service.TooManyLogins, too_many_logins)
+    app.add_exception_handler(RateLimitUnavailable, rate_limit_unavailable)
     app.add_exception_handler(InvalidPhoneNumber, bad_number)
     app.add_exception_handler(IntegrityError, integrity)
     app.add_exception_handler(RemovalNotNoted, removal_not_noted)

@@ -14,6 +14,7 @@ from agentline_common.auth import removed_member_key
 from agentline_common.bus import Bus, BusUnavailable
 from agentline_common.outbox import OutboxRelay
 from agentline_common.processed_events import RedisProcessedEvents
+from agentline_common.rate_limits import SlidingWindowLimit
 from agentline_common.registry_client import RegistryClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -29,6 +30,9 @@ from agentline_registry.settings import RegistrySettings
 from agentline_registry.tables import OUTBOX
 
 log = structlog.get_logger()
+
+LOGIN_FAILURES_KEY_PREFIX = "agentline:registry:login-failures:"
+REDIS_TIMEOUT_SECONDS = 2.0
 
 GAUGE_TIMEOUT_SECONDS = 2.0
 """Bound on reading the gauges for /metrics, so a silent database does not hold the scrape."""
@@ -49,6 +53,7 @@ class Runtime:
     redis: Redis
     relay: OutboxRelay
     metrics: RegistryMetrics
+    login_failures: SlidingWindowLimit
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def note_removed_member(self, org_id: uuid.UUID, user_id: uuid.UUID) -> None:
@@ -128,7 +133,9 @@ async def bootstrap(settings: RegistrySettings, *, metrics: RegistryMetrics) -> 
     bus = await _connect_bus(settings)
     bus.register_metrics(metrics.registry)
     redis = Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=2.0, socket_connect_timeout=2.0
+        settings.redis_url.get_secret_value(),
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
     )
     runtime = Runtime(
         settings=settings,
@@ -139,6 +146,13 @@ async def bootstrap(settings: RegistrySettings, *, metrics: RegistryMetrics) -> 
         redis=redis,
         relay=OutboxRelay(engine=engine, table=OUTBOX, bus=bus, poll_seconds=settings.outbox_poll_seconds),
         metrics=metrics,
+        login_failures=SlidingWindowLimit(
+            redis,
+            key_prefix=LOGIN_FAILURES_KEY_PREFIX,
+            limit=settings.login_failures_per_email,
+            window_seconds=settings.login_failure_window_seconds,
+            timeout=REDIS_TIMEOUT_SECONDS,
+        ),
     )
     await start_consumers(
         bus=bus,

@@ -7,10 +7,11 @@ same transaction, so the event exists exactly when the change does.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from agentline_common.agents import AgentConfig, WebhookTool
@@ -23,6 +24,7 @@ from agentline_common.events import (
     SessionRequested,
     SessionStarted,
 )
+from agentline_common.rate_limits import Attempt
 from agentline_common.rooms import InvalidRoomName, PhoneRoom, parse_room_name, require_e164
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,9 +33,9 @@ from agentline_registry import repository
 from agentline_registry.credentials import (
     AccessToken,
     SigningKey,
-    hash_password,
+    hash_password_off_loop,
     issue_access_token,
-    verify_password,
+    verify_password_off_loop,
 )
 from agentline_registry.schemas import (
     AgentCreate,
@@ -77,6 +79,22 @@ class Unauthenticated(Exception):
     """Wrong email or password."""
 
 
+class TooManyLogins(Exception):
+    """The email has had too many failed log-ins lately. Maps to 429 with Retry-After."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class AttemptLimit(Protocol):
+    """Counts attempts per subject in a sliding window (`agentline_common.rate_limits`)."""
+
+    async def admit(self, subject: str) -> Attempt: ...
+
+    async def forget(self, attempt: Attempt) -> None: ...
+
+
 def normalise_email(email: str) -> str:
     return email.strip().lower()
 
@@ -115,14 +133,32 @@ async def login(
     *,
     email: str,
     password: str,
+    failures: AttemptLimit,
     key: SigningKey,
     issuer: str,
     audience: str,
     lifetime: timedelta,
 ) -> AccessToken:
-    user = await repository.user_by_email(db, normalise_email(email))
-    if not verify_password(user.password_hash if user else None, password) or user is None:
+    """A token for the right email and password. Every attempt counts as a failure of its email
+    until the password is found right, so concurrent guesses cannot slip past the limit together."""
+    email = normalise_email(email)
+    attempt = await failures.admit(login_subject(email))
+    if not attempt.decision.allowed:
+        wait = attempt.decision.retry_after_seconds
+        raise TooManyLogins(
+            f"too many failed log-ins for this email; try again in {wait} s", retry_after_seconds=wait
+        )
+    user = await repository.user_by_email(db, email)
+    # End the read before hashing, so that log-ins queued for the hashing thread do not hold every
+    # pooled connection (look-ups then waited for one); nothing was written. The user is detached
+    # first, so the rollback does not expire what was read.
+    if user is not None:
+        db.expunge(user)
+    await db.rollback()
+    if not await verify_password_off_loop(user.password_hash if user else None, password) or user is None:
+        log.info("auth.login_failed")
         raise Unauthenticated("invalid email or password")
+    await failures.forget(attempt)
     orgs = {org.id: Role(role) for org, role in await repository.orgs_of_user(db, user.id)}
     log.info("auth.logged_in", user_id=str(user.id))
     return issue_access_token(
@@ -134,6 +170,11 @@ async def login(
         audience=audience,
         lifetime=lifetime,
     )
+
+
+def login_subject(email: str) -> str:
+    """What an email's failed log-ins are counted under: a digest, so Redis holds no addresses."""
+    return hashlib.sha256(email.encode()).hexdigest()
 
 
 async def me(db: AsyncSession, *, actor: uuid.UUID) -> MeRead:
@@ -153,7 +194,12 @@ async def create_user(
     email = normalise_email(email)
     if await repository.user_by_email(db, email) is not None:
         raise Conflict(f"email: a user with email {email!r} already exists")
-    user = User(email=email, name=name, password_hash=hash_password(password), managed_by_org_id=managed_by)
+    user = User(
+        email=email,
+        name=name,
+        password_hash=await hash_password_off_loop(password),
+        managed_by_org_id=managed_by,
+    )
     try:
         await repository.add(db, user)
     except IntegrityError as error:
@@ -163,7 +209,7 @@ async def create_user(
 
 
 async def set_password(db: AsyncSession, *, user: User, password: str) -> None:
-    await repository.set_password_hash(db, user.id, hash_password(password))
+    await repository.set_password_hash(db, user.id, await hash_password_off_loop(password))
 
 
 async def create_org(db: AsyncSession, *, owner: uuid.UUID, name: str) -> OrgRead:
@@ -613,7 +659,7 @@ async def add_member_as_operator(
                 f"{email!r} is an account another organisation made and knows the password of;"
                 " add it with --reset-password"
             )
-        await repository.release_account(db, user.id, hash_password(new_password))
+        await repository.release_account(db, user.id, await hash_password_off_loop(new_password))
     await add_membership(db, org_id=org_id, user_id=user.id, role=role)
     return user
 

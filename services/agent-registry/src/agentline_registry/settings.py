@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentline_common.settings import CommonSettings
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 
 class RegistrySettings(CommonSettings):
@@ -21,6 +21,10 @@ class RegistrySettings(CommonSettings):
     """PEM of the RSA key that signs users' tokens; wins over `jwt_private_key_file`."""
     jwt_private_key_file: Path | None = None
     access_token_minutes: int = 15
+    login_failures_per_email: int = Field(default=5, ge=1)
+    """Failed log-ins one email may have in `login_failure_window_seconds`; past it, 429 (with
+    Retry-After) even for the right password, counted in Redis across replicas."""
+    login_failure_window_seconds: int = Field(default=300, ge=1)
 
     session_expiry_seconds: int = 600
     """How long a requested session may wait to start when its event names no expiry (token TTL)."""

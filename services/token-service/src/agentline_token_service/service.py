@@ -36,6 +36,7 @@ from agentline_common.events import (
     SessionRequestedData,
 )
 from agentline_common.logging import current_correlation_id
+from agentline_common.rate_limits import RateDecision
 from agentline_common.registry_client import AgentNotFound
 from agentline_common.rooms import InvalidRoomName, TestRoom, new_test_room, parse_room_name
 from livekit import api as livekit_api
@@ -61,6 +62,11 @@ class LiveKitNotConfigured(TestTokenError):
 
 class NotAMember(TestTokenError):
     """The user has no role in the agent's organisation."""
+
+
+class MemberRemoved(NotAMember):
+    """The registry removed the user from the organisation after their access token was issued: the
+    token's `orgs` claim still names it, for up to the token's lifetime."""
 
 
 class AgentInactive(TestTokenError):
@@ -102,14 +108,6 @@ class SessionRef(BaseModel):
     org_id: UUID
 
 
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    retry_after_seconds: int = 0
-    removed_member: bool = False
-    """The user was removed from the agent's organisation after their access token was issued."""
-
-
 class AgentDirectory(Protocol):
     async def get_agent(self, agent_id: UUID) -> AgentConfig: ...
 
@@ -122,7 +120,7 @@ class CallAdmission(Protocol):
     """Counts a test call against `subject`'s limit and, only if it is admitted, records which session
     `room_name` belongs to, in the same step: a refused call leaves no mapping behind. A call is
     refused first of all if `user` was removed from the agent's organisation after `token_issued_at`
-    (the token's `orgs` claim is as old as the token, up to 15 minutes)."""
+    (the token's `orgs` claim is as old as the token, up to 15 minutes): it raises MemberRemoved."""
 
     async def admit(
         self, subject: str, *, room_name: str, ref: SessionRef, user: UUID, token_issued_at: int
@@ -365,11 +363,6 @@ async def issue_test_token(
     decision = await admission.admit(
         subject, room_name=token.room_name, ref=ref, user=user.user_id, token_issued_at=user.iat
     )
-    if decision.removed_member:
-        raise NotAMember(
-            f"you were removed from the organisation that owns agent {agent.id}; "
-            "ask one of its owners or admins to add you again, then sign in again"
-        )
     if not decision.allowed:
         raise RateLimited(
             f"too many test calls: at most {settings.rate_limit_requests} every "

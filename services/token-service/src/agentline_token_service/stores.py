@@ -1,4 +1,5 @@
-"""What the token-service keeps in Redis: per-user rate-limit windows and room -> session mappings.
+"""What the token-service keeps in Redis: per-user rate-limit windows and room -> session mappings;
+and what it reads there: when the registry removed a member from an organisation.
 
 Both are shared by every instance of the service, so a user cannot beat the limit by landing on another
 replica, and any replica can answer LiveKit's webhook for a room another one issued. Admitting a test
@@ -12,39 +13,27 @@ import asyncio
 import uuid
 
 from agentline_common.auth import removed_member_key
+from agentline_common.rate_limits import RateDecision, retry_after_seconds, sliding_window_admit_script
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agentline_token_service.service import DependencyUnavailable, RateDecision, SessionRef
+from agentline_token_service.service import DependencyUnavailable, MemberRemoved, SessionRef
 
 RATE_KEY_PREFIX = "agentline:token-service:rate:"
 ROOM_KEY_PREFIX = "agentline:token-service:room:"
 
-# A sliding-window log: one sorted-set member per request, scored by Redis's own clock (so replicas
-# with skewed clocks agree). An admitted request also stores its room's session mapping and returns 0;
-# a refused one stores nothing and returns the milliseconds until the oldest request in the window
-# leaves it, or -1 when the registry removed the user from the organisation after their token was
-# issued (KEYS[3], ARGV[6]).
-_ADMIT_AND_RECORD = """
+# The shared sliding-window admission that, for an admitted request, also stores its room's session
+# mapping (KEYS[2], ARGV[4], ARGV[5]); first of all, it refuses with -1, uncounted, a user whom the
+# registry removed from the organisation after their token was issued (KEYS[3], ARGV[6]).
+_ADMIT_AND_RECORD = sliding_window_admit_script(
+    before="""
 local removed_at = redis.call('GET', KEYS[3])
 if removed_at and tonumber(removed_at) >= tonumber(ARGV[6]) then
   return -1
-end
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
-"""
+end""",
+    on_admit="redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])",
+)
 
 _UNAVAILABLE = "Redis could not be reached in time; try again in a few seconds"
 
@@ -95,10 +84,13 @@ class RedisTestCalls:
         except (RedisError, TimeoutError, OSError) as error:
             raise DependencyUnavailable(f"the test-call store is unavailable: {_UNAVAILABLE}") from error
         if wait_ms < 0:
-            return RateDecision(allowed=False, removed_member=True)
+            raise MemberRemoved(
+                f"you were removed from the organisation that owns agent {ref.agent_id}; "
+                "ask one of its owners or admins to add you again, then sign in again"
+            )
         if wait_ms == 0:
             return RateDecision(allowed=True)
-        return RateDecision(allowed=False, retry_after_seconds=max(1, -(-wait_ms // 1000)))
+        return RateDecision(allowed=False, retry_after_seconds=retry_after_seconds(wait_ms))
 
     async def load(self, room_name: str) -> SessionRef | None:
         try:
