@@ -4,12 +4,19 @@ every answer is bounded and says what is wrong, and the background work outlives
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
 
+import asyncpg
 import pytest
 from agentline_common.testing.servers import free_port
+from agentline_registry import service
 from agentline_registry.app import DATABASE_UNAVAILABLE
+from agentline_registry.credentials import issue_access_token
 from agentline_registry.settings import RegistrySettings
 from pydantic import SecretStr
 
@@ -17,6 +24,9 @@ from .conftest import RunningApp, running_app, started_app
 
 pytestmark = pytest.mark.integration
 
+NO_HANG_BOUND_SECONDS = 10
+"""Generous beside the 2 s statement bound; without one a held lock held the request for ever
+(PostgreSQL) or 15 s (SQLite)."""
 LOGIN = {"email": "nobody@example.test", "password": "correct horse battery staple"}
 
 
@@ -69,6 +79,54 @@ async def test_a_database_that_never_answers_gets_503_within_seconds_not_a_minut
     assert login.status_code == 503
     assert login.json() == {"detail": DATABASE_UNAVAILABLE}
     assert elapsed < 20, f"took {elapsed:.1f} s"
+
+
+@asynccontextmanager
+async def write_lock_held(database_url: str) -> AsyncIterator[None]:
+    """Another client holding the lock that writing to `orgs` needs, until the block ends: a
+    transaction that stalls (a slow migration, an operator's open psql session)."""
+    if database_url.startswith("sqlite"):
+        holder = sqlite3.connect(database_url.split(":///", 1)[1], isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            holder.close()
+        return
+    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        async with connection.transaction():
+            await connection.execute("LOCK TABLE orgs IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await connection.close()
+
+
+async def test_a_statement_stalled_on_a_lock_answers_503_instead_of_hanging(
+    make_settings: Callable[..., RegistrySettings], database_url: str
+) -> None:
+    settings = make_settings(database_url=database_url)
+    async with running_app(settings) as running:
+        async with running.runtime.sessions() as session:
+            user = await service.create_user(session, email=f"{uuid.uuid4().hex}@example.test", password="pw")
+            await session.commit()
+        token = issue_access_token(
+            running.runtime.signing_key,
+            user_id=user.id,
+            email=user.email,
+            orgs={},
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            lifetime=timedelta(minutes=5),
+        )
+        async with write_lock_held(database_url), asyncio.timeout(NO_HANG_BOUND_SECONDS):
+            created = await running.client.post(
+                "/api/v1/orgs", json={"name": "Org"}, headers={"Authorization": f"Bearer {token.token}"}
+            )
+
+    assert created.status_code == 503, created.text
+    assert created.json() == {"detail": DATABASE_UNAVAILABLE}
+    assert created.headers["Retry-After"]
 
 
 async def test_readyz_is_503_naming_redis_when_redis_is_down(

@@ -16,17 +16,27 @@ CONNECT_TIMEOUT_SECONDS = 3.0
 while the server accepted connections but did not answer."""
 POOL_TIMEOUT_SECONDS = 5.0
 """Bound on waiting for a pooled connection (SQLAlchemy's default is 30 s)."""
+STATEMENT_TIMEOUT_SECONDS = 2.0
+"""Bound on one statement: asyncpg's command_timeout on PostgreSQL (none by default: a stalled server
+or a held lock kept a console request or a look-up waiting for ever), the wait for the write lock on
+SQLite (was 15 s). Past it the request answers 503 (a TimeoutError or "database is locked")."""
+MIGRATION_STATEMENT_TIMEOUT_SECONDS = 600.0
+"""The same bound for schema migrations, which may rewrite a large table and may wait for the running
+registry's writes."""
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def create_engine(database_url: str, *, statement_timeout: float = STATEMENT_TIMEOUT_SECONDS) -> AsyncEngine:
     """An async engine whose waits are bounded; on SQLite, foreign keys on and a busy timeout so
-    writers queue, not fail."""
+    writers queue, not fail, for up to `statement_timeout`."""
     is_sqlite = database_url.startswith("sqlite")
-    options: dict[str, Any] = {"connect_args": {"timeout": 15}}
+    options: dict[str, Any] = {"connect_args": {"timeout": statement_timeout}}
     if not is_sqlite:
         options = {"pool_pre_ping": True, "pool_timeout": POOL_TIMEOUT_SECONDS}
         if database_url.startswith("postgresql+asyncpg"):
-            options["connect_args"] = {"timeout": CONNECT_TIMEOUT_SECONDS}
+            options["connect_args"] = {
+                "timeout": CONNECT_TIMEOUT_SECONDS,
+                "command_timeout": statement_timeout,
+            }
     engine = create_async_engine(database_url, **options)
     if is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

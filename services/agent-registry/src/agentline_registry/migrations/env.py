@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from agentline_registry import tables  # noqa: F401  (registers the tables on the metadata)
-from agentline_registry.database import create_engine
+from agentline_registry.database import MIGRATION_STATEMENT_TIMEOUT_SECONDS, create_engine
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
@@ -24,7 +24,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    engine = create_engine(
+        context.config.get_main_option("sqlalchemy.url") or "",
+        statement_timeout=MIGRATION_STATEMENT_TIMEOUT_SECONDS,
+    )
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
