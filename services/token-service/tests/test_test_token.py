@@ -440,6 +440,36 @@ async def test_broker_stopped_is_503_and_no_token(
     assert status == 200
 
 
+async def test_started_without_the_broker_it_answers_503_and_connects_once_the_broker_is_back(
+    app_client: Callable[..., Any],
+    service_settings: Callable[..., TokenServiceSettings],
+    registry: RegistryService,
+    rabbitmq: Any,
+) -> None:
+    tenant = new_tester(registry)
+    await asyncio.to_thread(rabbitmq.stop)
+    try:
+        async with app_client(service_settings(broker_startup_wait_seconds=0)) as client:
+            alive = await client.get("/healthz")
+            ready = await client.get("/readyz")
+            refused = await client.post(path(tenant.agent_id), headers=tenant.headers)
+            await asyncio.to_thread(rabbitmq.start)
+            deadline = time.monotonic() + 60
+            status = 503
+            while status != 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                status = (await client.post(path(tenant.agent_id), headers=tenant.headers)).status_code
+            ready_after = await client.get("/readyz")
+    finally:
+        await asyncio.to_thread(rabbitmq.start)
+
+    assert alive.status_code == 200
+    assert ready.status_code == 503 and "broker" in ready.json()["detail"]
+    assert refused.status_code == 503 and "try again" in refused.json()["detail"]
+    assert status == 200
+    assert ready_after.status_code == 200
+
+
 async def test_registry_stopped_is_503_within_the_bound(
     client: httpx.AsyncClient, registry: RegistryService
 ) -> None:

@@ -54,6 +54,8 @@ log = structlog.get_logger()
 
 RPC_PREFIX = "rpc."
 DEFAULT_RPC_TIMEOUT = 2.0
+CONNECT_RETRY_SECONDS = 2.0
+"""How often `connect_until_up` tries the broker again while it is down."""
 HOLD_SECONDS = 1.0
 """How long a consumer keeps an event it cannot judge yet (claimed elsewhere, claim store down)."""
 _CONNECTION_ERRORS = (AMQPError, ConnectionError, OSError, RuntimeError)
@@ -415,6 +417,25 @@ class Bus:
             future.set_result(json.loads(message.body))
         except ValueError:
             future.set_result({"ok": False, "error": {"code": "bad_reply", "message": "unreadable"}})
+
+
+async def connect_until_up(
+    bus: Bus, *, then: Callable[[], Awaitable[None]], retry_seconds: float = CONNECT_RETRY_SECONDS
+) -> None:
+    """Connect `bus`, retrying while the broker is down, then run `then` (the subscriptions that need
+    the connection). Run as a task from a service's start-up, so that the service starts and answers
+    without the broker (not ready; a clear 503 where it is needed) rather than exiting into a crash
+    loop. Once connected, aio-pika's robust connection reconnects by itself."""
+    while True:
+        try:
+            await bus.connect()
+        except BusUnavailable as error:
+            log.warning("bus.connect_failed", error=str(error), retry_in=retry_seconds)
+            await asyncio.sleep(retry_seconds)
+            continue
+        await then()
+        log.info("bus.connected")
+        return
 
 
 class _BusCollector(Collector):

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import structlog
-from agentline_common.bus import Bus, BusUnavailable
+from agentline_common.bus import Bus, connect_until_up
 from agentline_common.http import ObservedRequests
 from agentline_common.logging import configure_logging
 from agentline_common.outbox import OutboxRelay
@@ -32,8 +32,6 @@ from agentline_telephony.twiml import SipTarget
 
 log = structlog.get_logger()
 
-BUS_RETRY_SECONDS = 2.0
-
 
 def sip_target(settings: TelephonySettings) -> SipTarget:
     return SipTarget(
@@ -45,22 +43,11 @@ def sip_target(settings: TelephonySettings) -> SipTarget:
 
 
 async def connect_bus_until_up(bus: Bus, registry: RegistryClient, *, connected: asyncio.Event) -> None:
-    """Connect to the broker, retrying while it is down, and set `connected` once it is up.
-
-    Readiness waits for that first connection (bounded, see `readyz`). Once connected, aio-pika's
-    robust connection reconnects by itself, and the gateway stays ready meanwhile.
-    """
-    while True:
-        try:
-            await bus.connect()
-        except BusUnavailable as error:
-            log.warning("bus.connect_failed", error=str(error), retry_in=BUS_RETRY_SECONDS)
-            await asyncio.sleep(BUS_RETRY_SECONDS)
-            continue
-        await registry.start()
-        connected.set()
-        log.info("bus.connected")
-        return
+    """Connect to the broker (retrying while it is down), start the registry client's subscription,
+    and set `connected`: readiness waits for that first connection (bounded, see `readyz`), and the
+    gateway stays ready while the robust connection reconnects later."""
+    await connect_until_up(bus, then=registry.start)
+    connected.set()
 
 
 @asynccontextmanager

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import httpx
 from agentline_common.auth import JwksVerifier
-from agentline_common.bus import Bus
+from agentline_common.bus import Bus, connect_until_up
 from agentline_common.http import ObservedRequests
 from agentline_common.registry_client import RegistryClient
 from fastapi import FastAPI
@@ -27,6 +30,13 @@ from agentline_token_service.metrics import Metrics
 from agentline_token_service.service import MissingAgentRequests
 from agentline_token_service.settings import TokenServiceSettings
 from agentline_token_service.stores import RedisTestCalls
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Stop a start-up task still running at shutdown (the broker never came up)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
@@ -60,7 +70,6 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
 async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: AsyncExitStack) -> Runtime:
     bound = settings.dependency_timeout_seconds
     bus = Bus(settings.amqp_url.get_secret_value(), exchange=settings.bus_exchange)
-    await bus.connect()
     stack.push_async_callback(bus.close)
     redis = Redis.from_url(
         settings.redis_url.get_secret_value(), socket_connect_timeout=bound, socket_timeout=bound
@@ -70,7 +79,11 @@ async def _connect(settings: TokenServiceSettings, metrics: Metrics, stack: Asyn
     registry = RegistryClient.configured(settings, bus=bus, redis=redis, timeout=bound)
     bus.register_metrics(metrics.registry)
     registry.register_metrics(metrics.registry)
-    await start_consumers(registry)
+    connecting = asyncio.create_task(
+        connect_until_up(bus, then=partial(start_consumers, registry)), name="bus-connect"
+    )
+    stack.push_async_callback(_cancelled, connecting)
+    await asyncio.wait({connecting}, timeout=settings.broker_startup_wait_seconds)
     receiver = None
     if settings.livekit_configured and settings.livekit_api_key and settings.livekit_api_secret:
         receiver = livekit_api.WebhookReceiver(

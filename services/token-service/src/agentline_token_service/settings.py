@@ -24,6 +24,9 @@ class TokenServiceSettings(CommonSettings):
 
     dependency_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
     """How long one call to the registry, the broker or Redis may take before we answer 503."""
+    broker_startup_wait_seconds: float = Field(default=10.0, ge=0)
+    """How long start-up waits for the broker before starting without it: not ready and answering 503
+    until it connects in the background (exiting instead would crash-loop while the broker is down)."""
     session_mapping_ttl_seconds: int = Field(default=86400, ge=60)
     """How long the webhook can still map a test room back to its session: a day, so that even a long
     test call whose worker died is closed when LiveKit reports its room finished."""
