@@ -8,12 +8,20 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from agentline_common.testing.servers import free_port
-from agentline_telephony.provisioning import CALL_SID_ATTRIBUTE, SipPlan, provision_sip
+from agentline_telephony.provisioning import (
+    CALL_SID_ATTRIBUTE,
+    OpenTrunkRefused,
+    SipPlan,
+    plan_from_settings,
+    provision_sip,
+)
+from agentline_telephony.settings import TelephonySettings
 from livekit.api import LiveKitAPI
 from livekit.protocol.sip import (
     DeleteSIPDispatchRuleRequest,
@@ -21,6 +29,7 @@ from livekit.protocol.sip import (
     ListSIPDispatchRuleRequest,
     ListSIPInboundTrunkRequest,
 )
+from pydantic import SecretStr, ValidationError
 
 pytestmark = pytest.mark.integration
 
@@ -137,9 +146,20 @@ async def test_the_console_script_provisions_idempotently(
     assert list(trunks[0].allowed_addresses) == ["127.0.0.1/32", "127.0.0.2"]
 
 
-def run_provision_sip(*, url: str, key: str, secret: str, number: str) -> subprocess.CompletedProcess[str]:
-    """`agentline-telephony provision-sip --number NUMBER` against the LiveKit at `url`."""
-    env = {"LIVEKIT_URL": url, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret, "PATH": "/usr/bin:/bin"}
+def run_provision_sip(
+    *, url: str, key: str, secret: str, number: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`agentline-telephony provision-sip --number NUMBER` against the LiveKit at `url`, with digest
+    credentials unless `settings` (more environment) say otherwise."""
+    env = {
+        "LIVEKIT_URL": url,
+        "LIVEKIT_API_KEY": key,
+        "LIVEKIT_API_SECRET": secret,
+        "SIP_USERNAME": "twilio",
+        "SIP_PASSWORD": secrets.token_urlsafe(32),
+        "PATH": "/usr/bin:/bin",
+        **settings,
+    }
     return subprocess.run(  # noqa: S603 (our own console script, fixed arguments)
         [sys.executable, "-m", "agentline_telephony", "provision-sip", "--number", number],
         env=env,
@@ -169,3 +189,62 @@ def test_the_console_script_says_when_livekit_cannot_be_reached() -> None:
     assert run.returncode == 1
     assert f"LiveKit at {url} did not provision the SIP trunk" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def open_plan(plan: SipPlan, *, allow_open: bool = False) -> SipPlan:
+    """`plan` with neither allowed addresses nor credentials: LiveKit would take anyone's INVITE."""
+    return replace(plan, allowed_addresses=(), auth_username="", auth_password="", allow_open=allow_open)
+
+
+async def test_an_open_trunk_is_refused_before_livekit_is_asked(
+    livekit_api: LiveKitAPI, plan: SipPlan
+) -> None:
+    for unrestricted in (open_plan(plan), replace(open_plan(plan), auth_username="twilio")):
+        with pytest.raises(OpenTrunkRefused, match="SIP_USERNAME and SIP_PASSWORD"):
+            await provision_sip(livekit_api, unrestricted)
+
+    assert await named(livekit_api, plan.trunk_name) == ([], [])
+
+
+async def test_an_open_trunk_is_provisioned_only_when_asked_for(
+    livekit_api: LiveKitAPI, plan: SipPlan
+) -> None:
+    result = await provision_sip(livekit_api, open_plan(plan, allow_open=True))
+
+    assert result.trunk_created
+    (trunk,), _ = await named(livekit_api, plan.trunk_name)
+    assert (list(trunk.allowed_addresses), trunk.auth_username) == ([], "")
+
+
+async def test_credentials_alone_restrict_the_trunk_and_reach_livekit(
+    livekit_api: LiveKitAPI, plan: SipPlan
+) -> None:
+    with_credentials_only = replace(plan, allowed_addresses=())
+
+    await provision_sip(livekit_api, with_credentials_only)
+
+    (trunk,), _ = await named(livekit_api, plan.trunk_name)
+    assert trunk.auth_username == "twilio"
+    assert trunk.auth_password == plan.auth_password
+
+
+def test_the_console_script_refuses_an_open_trunk_naming_the_settings(livekit_server: Any) -> None:
+    run = run_provision_sip(
+        url=livekit_server.http_url,
+        key=livekit_server.api_key,
+        secret=livekit_server.api_secret,
+        number=unique_number(),
+        SIP_USERNAME="",
+        SIP_PASSWORD="",
+    )
+
+    assert run.returncode == 2
+    assert "accepts calls from anyone" in run.stderr
+    assert "SIP_ALLOW_OPEN_TRUNK" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_settings_take_the_sip_credentials_as_a_pair() -> None:
+    plan = plan_from_settings(TelephonySettings(sip_username="twilio", sip_password=SecretStr("p" * 32)))
+    assert (plan.auth_username, plan.auth_password, plan.is_open) == ("twilio", "p" * 32, False)
+    with pytest.raises(ValidationError, match="SIP_USERNAME and SIP_PASSWORD"):
+        TelephonySettings(sip_password=SecretStr("p" * 32))

@@ -55,7 +55,9 @@ if ! exists agentline-postgres; then
         --from-file=jwt-private-key.pem="$key_dir/jwt-private-key.pem"
     create agentline-telephony \
         --from-literal=TELEPHONY_DATABASE_URL="postgresql+asyncpg://agentline:$postgres_password@postgres:5432/agentline_telephony" \
-        --from-literal=TWILIO_AUTH_TOKEN="${TWILIO_AUTH_TOKEN:-}"
+        --from-literal=TWILIO_AUTH_TOKEN="${TWILIO_AUTH_TOKEN:-}" \
+        --from-literal=SIP_USERNAME="${SIP_USERNAME:-twilio}" \
+        --from-literal=SIP_PASSWORD="${SIP_PASSWORD:-$(random)}"
 fi
 
 create agentline-livekit \

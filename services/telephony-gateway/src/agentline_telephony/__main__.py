@@ -14,7 +14,7 @@ from agentline_common.rooms import InvalidPhoneNumber
 from livekit.api import LiveKitAPI, TwirpError
 
 from agentline_telephony.app import create_app
-from agentline_telephony.provisioning import plan_from_settings, provision_sip
+from agentline_telephony.provisioning import OpenTrunkRefused, plan_from_settings, provision_sip
 from agentline_telephony.settings import TelephonySettings
 
 
@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="an address or CIDR allowed to send calls (repeatable; default SIP_ALLOWED_ADDRESSES)",
     )
+    provision.add_argument(
+        "--allow-open-trunk",
+        action="store_true",
+        help="allow a trunk with neither credentials nor allowed addresses, which accepts calls from "
+        "anyone (a local machine only; default SIP_ALLOW_OPEN_TRUNK)",
+    )
     return parser
 
 
@@ -48,13 +54,21 @@ async def _provision(settings: TelephonySettings, args: argparse.Namespace) -> i
         print(f"LiveKit is not configured: {missing}", file=sys.stderr)
         return 2
     try:
-        plan = plan_from_settings(settings, numbers=args.number, allowed_addresses=args.allowed_address)
+        plan = plan_from_settings(
+            settings,
+            numbers=args.number,
+            allowed_addresses=args.allowed_address,
+            allow_open=args.allow_open_trunk,
+        )
     except InvalidPhoneNumber as error:
         print(f"--number: {error}", file=sys.stderr)
         return 2
     try:
         async with LiveKitAPI(settings.livekit_url, key.get_secret_value(), secret.get_secret_value()) as api:
             result = await provision_sip(api, plan)
+    except OpenTrunkRefused as error:
+        print(error, file=sys.stderr)
+        return 2
     except (OSError, TwirpError) as error:  # unreachable or timed out (OSError), or refused by LiveKit
         print(f"LiveKit at {settings.livekit_url} did not provision the SIP trunk: {error}", file=sys.stderr)
         return 1

@@ -45,6 +45,26 @@ class SipPlan:
     allowed_addresses: tuple[str, ...] = ()
     auth_username: str = ""
     auth_password: str = ""
+    allow_open: bool = False
+    """Accept a trunk that neither credentials nor addresses restrict (a local machine only)."""
+
+    @property
+    def is_open(self) -> bool:
+        """Whether LiveKit would accept an INVITE from anyone: no allowed addresses and no digest
+        credentials (a username without a password, or the reverse, authenticates nothing)."""
+        return not self.allowed_addresses and not (self.auth_username and self.auth_password)
+
+
+class OpenTrunkRefused(Exception):
+    """The plan would create a trunk that accepts calls from anyone, and that was not asked for."""
+
+
+OPEN_TRUNK_REFUSAL = (
+    "refusing to provision a SIP trunk that accepts calls from anyone on the internet (no allowed "
+    "addresses, no credentials): set SIP_USERNAME and SIP_PASSWORD (the gateway's TwiML sends them) "
+    "and/or SIP_ALLOWED_ADDRESSES or --allowed-address (Twilio's signalling ranges); on a local "
+    "machine only, SIP_ALLOW_OPEN_TRUNK=true or --allow-open-trunk"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,7 @@ def plan_from_settings(
     *,
     numbers: list[str] | None = None,
     allowed_addresses: list[str] | None = None,
+    allow_open: bool = False,
 ) -> SipPlan:
     """The plan from settings, with numbers and addresses given on the command line taking precedence."""
     chosen_numbers = numbers if numbers else settings.sip_trunk_numbers
@@ -71,6 +92,7 @@ def plan_from_settings(
         allowed_addresses=tuple(allowed_addresses or settings.sip_allowed_addresses),
         auth_username=settings.sip_username,
         auth_password=settings.sip_password.get_secret_value() if settings.sip_password else "",
+        allow_open=allow_open or settings.sip_allow_open_trunk,
     )
 
 
@@ -100,7 +122,12 @@ def desired_rule(plan: SipPlan, trunk_id: str) -> SIPDispatchRuleInfo:
 
 
 async def provision_sip(api: LiveKitAPI, plan: SipPlan) -> ProvisionResult:
-    """Create or update the trunk, then the rule bound to it; returns their ids."""
+    """Create or update the trunk, then the rule bound to it; returns their ids. An open trunk (see
+    `SipPlan.is_open`) is refused unless the plan allows it, before LiveKit is asked anything."""
+    if plan.is_open and not plan.allow_open:
+        raise OpenTrunkRefused(OPEN_TRUNK_REFUSAL)
+    if plan.is_open:
+        log.warning("sip.open_trunk", name=plan.trunk_name, reason="allowed explicitly; local use only")
     sip = api.sip
     trunks = [
         trunk

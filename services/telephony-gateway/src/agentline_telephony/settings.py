@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from agentline_common.settings import CommonSettings
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 
@@ -31,6 +31,12 @@ class TelephonySettings(CommonSettings):
     """Where Twilio's <Sip> reaches LiveKit's SIP bridge: host[:port][;transport=...]."""
     sip_username: str = ""
     sip_password: SecretStr | None = None
+    """Digest credentials: set on the trunk by `provision-sip` and sent by the TwiML <Sip>; both or
+    neither (one alone authenticates nothing)."""
+    sip_allow_open_trunk: bool = False
+    """Let `provision-sip` create a trunk with neither credentials nor allowed addresses, which LiveKit
+    treats as accepting every INVITE from anyone: for a local machine only, never where LiveKit SIP
+    is reachable from the internet."""
 
     agent_name: str = "agentline-agent"
     sip_trunk_name: str = "agentline-inbound"
@@ -57,6 +63,14 @@ class TelephonySettings(CommonSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _sip_credentials_in_pairs(self) -> TelephonySettings:
+        if bool(self.sip_username) != bool(self.sip_password and self.sip_password.get_secret_value()):
+            raise ValueError(
+                "set both SIP_USERNAME and SIP_PASSWORD (the trunk's digest credentials), or neither"
+            )
+        return self
 
     @field_validator("public_base_url")
     @classmethod
