@@ -133,7 +133,9 @@ async def test_duplicate_email_is_refused(cli: Cli) -> None:
     assert "email" in stderr and "already exists" in stderr
 
 
-async def test_an_operator_adds_an_account_another_org_made_only_with_a_new_password(cli: Cli) -> None:
+async def test_an_operator_adds_an_account_another_org_made_only_with_a_new_password(
+    cli: Cli, redis_url: str
+) -> None:
     engine = create_engine(cli.database_url)
     try:
         async with session_factory(engine)() as db:
@@ -154,8 +156,8 @@ async def test_an_operator_adds_an_account_another_org_made_only_with_a_new_pass
         "add-member", "--org", corp["org_id"], "--email", "bob@corp.test", "--reset-password"
     )
     assert added["role"] == "member"
-    assert not await _can_log_in(cli.database_url, "bob@corp.test", "chosen-by-x-admin")
-    assert await _can_log_in(cli.database_url, "bob@corp.test", added["password"])
+    assert not await _can_log_in(cli.database_url, redis_url, "bob@corp.test", "chosen-by-x-admin")
+    assert await _can_log_in(cli.database_url, redis_url, "bob@corp.test", added["password"])
 
 
 async def test_create_org_with_an_unknown_owner_names_it_and_exits_2(cli: Cli) -> None:
