@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from agentline_common.agents import AgentConfig
-from agentline_common.events import SessionEnded, SessionStarted, phone_session_id
+from agentline_common.events import CALL_SID_ATTRIBUTE, SessionEnded, SessionStarted, phone_session_id
 from agentline_common.registry_client import agent_key, number_key
 from agentline_common.rooms import LIVEKIT_GUID_ALPHABET, new_test_room
 from agentline_common.testing.services import (
@@ -29,7 +29,7 @@ from agentline_common.testing.services import (
     random_e164,
 )
 from agentline_worker.job import Clients, look_up_agent
-from agentline_worker.service import SIP_CALL_SID, SIP_TRUNK_NUMBER, fallback_session_id
+from agentline_worker.service import SIP_TRUNK_NUMBER, fallback_session_id
 from agentline_worker.settings import WorkerSettings
 from livekit import api, rtc
 from pydantic import SecretStr
@@ -129,7 +129,7 @@ async def test_a_phone_room_whose_trunk_number_differs_is_refused(
     assert tenant.number is not None
     room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
     caller = await join_as_caller(
-        livekit_server, room_name, {SIP_TRUNK_NUMBER: random_e164(), SIP_CALL_SID: call_sid}
+        livekit_server, room_name, {SIP_TRUNK_NUMBER: random_e164(), CALL_SID_ATTRIBUTE: call_sid}
     )
     try:
         await dispatch(livekit_api, worker_service, room_name)
@@ -307,7 +307,7 @@ async def start_phone_call(
     assert tenant.number is not None
     room_name, call_sid = phone_room(tenant.number), f"CA{secrets.token_hex(16)}"
     caller = await join_as_caller(
-        livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, SIP_CALL_SID: call_sid}
+        livekit_server, room_name, {SIP_TRUNK_NUMBER: tenant.number, CALL_SID_ATTRIBUTE: call_sid}
     )
     await dispatch(livekit_api, worker, room_name)
     return tenant, room_name, caller, phone_session_id(call_sid)

@@ -10,11 +10,10 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 from agentline_common.agents import AgentConfig, WebhookTool
-from agentline_common.events import SESSION_NAMESPACE, phone_session_id
+from agentline_common.events import CALL_SID_ATTRIBUTE, SESSION_NAMESPACE, phone_session_id
 from agentline_common.rooms import new_test_room
 from agentline_worker.service import (
     SIGNATURE_HEADER,
-    SIP_CALL_SID,
     SIP_CALLER_NUMBER,
     SIP_TRUNK_NUMBER,
     TIMESTAMP_HEADER,
@@ -90,7 +89,7 @@ def test_unreadable_metadata_is_refused(metadata: str) -> None:
 
 
 def test_a_phone_room_plans_by_number_and_call_sid() -> None:
-    attributes = {SIP_TRUNK_NUMBER: NUMBER, SIP_CALL_SID: "CA123", SIP_CALLER_NUMBER: "+447700900123"}
+    attributes = {SIP_TRUNK_NUMBER: NUMBER, CALL_SID_ATTRIBUTE: "CA123", SIP_CALLER_NUMBER: "+447700900123"}
     plan = plan_session(room_name=PHONE_ROOM, metadata="", attributes=attributes)
     assert plan == PhoneCallPlan(
         room_name=PHONE_ROOM, number=NUMBER, call_sid="CA123", caller_number="+447700900123"

@@ -38,6 +38,11 @@ def dialled_uri(document: str) -> str | None:
     return sip.text if sip is not None else None
 
 
+def bridge_of(number: str, call_sid: str) -> str:
+    """Where the TwiML sends the call: LiveKit's SIP bridge, passing on the caller's CallSid."""
+    return f"sip:{number}@127.0.0.1:5060?X-Agentline-CallSid={call_sid}"
+
+
 def said(document: str) -> str:
     root = parse_twiml(document)
     assert [child.tag for child in root] == ["Say", "Hangup"], document
@@ -67,7 +72,7 @@ async def test_an_active_agent_gets_the_call_bridged_and_its_session_logged(
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
-    assert dialled_uri(response.text) == f"sip:{owner.number}@127.0.0.1:5060"
+    assert dialled_uri(response.text) == bridge_of(owner.number, form["CallSid"])
     (event,) = await events.wait_for(1)
     assert isinstance(event, SessionRequested)
     session_id = phone_session_id(form["CallSid"])
@@ -240,7 +245,7 @@ async def test_broker_down_still_bridges_the_caller_and_publishes_after_the_rest
     finally:
         await asyncio.to_thread(rabbitmq.start)
 
-    assert dialled_uri(response.text) == f"sip:{owner.number}@127.0.0.1:5060"
+    assert dialled_uri(response.text) == bridge_of(owner.number, form["CallSid"])
     assert elapsed < 2.0, f"took {elapsed:.2f} s"
     session_id = phone_session_id(form["CallSid"])
     seen = await events.wait_for(2, timeout=90)
@@ -291,7 +296,8 @@ async def test_broker_down_past_the_lookup_cache_still_bridges_a_number_answered
     assert owner.number is not None
     gateway = await gateway_for(start_gateway, running_registry)
     events = await watch_events(registry_bus, ["session.requested"])
-    first = await gateway.post(INCOMING_PATH, incoming_form(owner.number))
+    first_form = incoming_form(owner.number)
+    first = await gateway.post(INCOMING_PATH, first_form)
     await events.wait_for(1)
     form = incoming_form(owner.number)
 
@@ -303,7 +309,8 @@ async def test_broker_down_past_the_lookup_cache_still_bridges_a_number_answered
     finally:
         await asyncio.to_thread(rabbitmq.start)
 
-    assert dialled_uri(first.text) == dialled_uri(response.text) == f"sip:{owner.number}@127.0.0.1:5060"
+    assert dialled_uri(first.text) == bridge_of(owner.number, first_form["CallSid"])
+    assert dialled_uri(response.text) == bridge_of(owner.number, form["CallSid"])
     assert 'agentline_agent_lookups_total{result="stale"} 1.0' in metrics.text
     seen = await events.wait_for(2, timeout=90)
     assert phone_session_id(form["CallSid"]) in {event.session_id for event in seen}

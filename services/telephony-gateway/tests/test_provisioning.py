@@ -15,7 +15,6 @@ import pytest
 import pytest_asyncio
 from agentline_common.testing.servers import free_port
 from agentline_telephony.provisioning import (
-    CALL_SID_ATTRIBUTE,
     OpenTrunkRefused,
     SipPlan,
     plan_from_settings,
@@ -91,7 +90,7 @@ async def test_provisioning_creates_the_trunk_and_callee_rule(livekit_api: LiveK
     assert list(trunk.numbers) == list(plan.numbers)
     assert list(trunk.allowed_addresses) == ["127.0.0.1/32"]
     assert trunk.auth_username == "twilio"
-    assert dict(trunk.headers_to_attributes) == {"X-Twilio-CallSid": CALL_SID_ATTRIBUTE}
+    assert dict(trunk.headers_to_attributes) == {"X-Agentline-CallSid": "sip.h.x-agentline-callsid"}
     assert rule.sip_dispatch_rule_id == result.rule_id
     assert list(rule.trunk_ids) == [result.trunk_id]
     assert rule.rule.WhichOneof("rule") == "dispatch_rule_callee"

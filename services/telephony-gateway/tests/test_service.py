@@ -151,7 +151,9 @@ async def test_an_active_agent_gets_the_call_bridged_and_one_session_requested()
     result = await answer(form, FakeLookup({number: agent}), calls)
 
     assert result.outcome is Outcome.CONNECTED
-    assert parse_twiml(result.twiml).find("./Dial/Sip").text == f"sip:{number}@127.0.0.1:5060"  # type: ignore[union-attr]
+    dialled = parse_twiml(result.twiml).find("./Dial/Sip")
+    assert dialled is not None
+    assert dialled.text == f"sip:{number}@127.0.0.1:5060?X-Agentline-CallSid={form['CallSid']}"
     (event,) = calls.outbox
     assert event == result.event
     assert result.event is not None

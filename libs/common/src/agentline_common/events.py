@@ -19,6 +19,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+CALL_SID_SIP_HEADER = "X-Agentline-CallSid"
+"""The SIP header in which the gateway's TwiML hands the webhook's CallSid to the worker. Twilio's own
+`X-Twilio-CallSid` names the leg that carries the INVITE, which <Dial> makes as a call of its own
+(its DialCallSid), not the caller's call the webhook named."""
+CALL_SID_ATTRIBUTE = "sip.h.x-agentline-callsid"
+"""The participant attribute LiveKit's inbound trunk maps `CALL_SID_SIP_HEADER` to."""
+
+
 def phone_session_id(call_sid: str) -> uuid.UUID:
     """The session id of a phone call, derived from Twilio's CallSid.
 

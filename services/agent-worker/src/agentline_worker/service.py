@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import re2
 from agentline_common.agents import AgentConfig, WebhookTool
 from agentline_common.events import (
+    CALL_SID_ATTRIBUTE,
     SESSION_NAMESPACE,
     EndReason,
     SessionEnded,
@@ -36,7 +37,6 @@ from jsonschema.validators import extend, validator_for
 
 SIP_TRUNK_NUMBER = "sip.trunkPhoneNumber"
 SIP_CALLER_NUMBER = "sip.phoneNumber"
-SIP_CALL_SID = "sip.h.x-twilio-callsid"
 
 TIMESTAMP_HEADER = "X-Agentline-Timestamp"
 SIGNATURE_HEADER = "X-Agentline-Signature"
@@ -97,7 +97,7 @@ def session_id_for(room_name: str, metadata: str, attributes: Mapping[str, str] 
     The one place a job's session id comes from: the job computes it before the call is planned
     (so that a refusal is reported on the right session too) and again once the caller is known.
     """
-    call_sid = (attributes or {}).get(SIP_CALL_SID)
+    call_sid = (attributes or {}).get(CALL_SID_ATTRIBUTE)
     if call_sid:
         return phone_session_id(call_sid)
     try:
@@ -160,7 +160,7 @@ def _plan_phone_call(room: PhoneRoom, attributes: Mapping[str, str]) -> PhoneCal
         raise PlanError(f"the caller has no {SIP_TRUNK_NUMBER} attribute to check the number with")
     if trunk_number != room.number:
         raise PlanError("the SIP trunk number does not match the number in the room name")
-    call_sid = attributes.get(SIP_CALL_SID) or None
+    call_sid = attributes.get(CALL_SID_ATTRIBUTE) or None
     return PhoneCallPlan(
         room_name=room.name,
         number=room.number,

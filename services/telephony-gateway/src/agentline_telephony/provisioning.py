@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import structlog
+from agentline_common.events import CALL_SID_ATTRIBUTE, CALL_SID_SIP_HEADER
 from agentline_common.rooms import PHONE_PREFIX, require_e164
 from livekit.api import LiveKitAPI
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
@@ -28,10 +29,6 @@ from livekit.protocol.sip import (
 from agentline_telephony.settings import TelephonySettings
 
 log = structlog.get_logger()
-
-CALL_SID_HEADER = "X-Twilio-CallSid"
-CALL_SID_ATTRIBUTE = "sip.h.x-twilio-callsid"
-"""The participant attribute the worker reads to compute the session id (docs/architecture.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +102,7 @@ def desired_trunk(plan: SipPlan) -> SIPInboundTrunkInfo:
         allowed_addresses=list(plan.allowed_addresses),
         auth_username=plan.auth_username,
         auth_password=plan.auth_password,
-        headers_to_attributes={CALL_SID_HEADER: CALL_SID_ATTRIBUTE},
+        headers_to_attributes={CALL_SID_SIP_HEADER: CALL_SID_ATTRIBUTE},
     )
 
 

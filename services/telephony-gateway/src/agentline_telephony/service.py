@@ -215,7 +215,7 @@ def answer_for_agent(call: IncomingCall, agent: AgentConfig, *, target: SipTarge
         )
     return Answer(
         outcome=Outcome.CONNECTED,
-        twiml=twiml.dial_sip(call.to_number, target),
+        twiml=twiml.dial_sip(call.to_number, target, call.call_sid),
         agent=agent,
         event=session_requested(call, agent, ttl=ttl),
     )
