@@ -43,6 +43,36 @@ def test_invalid_tools_name_the_field(overrides: dict[str, object], field: str) 
     assert field in {str(loc) for error in caught.value.errors() for loc in error["loc"]}
 
 
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        (
+            {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(?!0)[0-9]+$"}}},
+            "cannot be checked in linear time",
+        ),
+        (
+            {"type": "object", "patternProperties": {"^(?<=x)y$": {}}},
+            "cannot be checked in linear time",
+        ),
+        (
+            {"type": "object", "patternProperties": {"^(b+)+$": {}}, "unevaluatedProperties": False},
+            '"unevaluatedProperties" cannot be checked beside "patternProperties"',
+        ),
+    ],
+)
+def test_a_schema_the_worker_cannot_check_in_linear_time_is_refused_with_the_reason(
+    parameters: dict[str, Any], reason: str
+) -> None:
+    """Accepted, every call of the tool would fail at the worker (or, for the last, freeze it)."""
+    with pytest.raises(ValidationError, match=reason):
+        WebhookTool.model_validate(tool(parameters=parameters))
+
+
+def test_patterns_that_backtrack_in_pythons_re_are_accepted_as_re2_runs_them() -> None:
+    parameters = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^(a+)+$"}}}
+    assert WebhookTool.model_validate(tool(parameters=parameters)).parameters == parameters
+
+
 def nested_schema(levels: int) -> dict[str, Any]:
     """An object schema nesting `levels` objects in properties: 2 * levels + 1 dicts deep."""
     schema: dict[str, Any] = {"type": "object"}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import cache
 from typing import Any, Literal
 from uuid import UUID
 
+import re2
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
@@ -62,7 +65,67 @@ class WebhookTool(BaseModel):
             raise ValueError(f"not a valid JSON Schema: {error.message}") from error
         if schema.get("type") != "object":
             raise ValueError('the arguments schema must have "type": "object"')
+        check_linear_time(schema)
         return schema
+
+
+class UncheckableSchema(ValueError):
+    """A tool's arguments schema the worker cannot check in time linear in the arguments."""
+
+
+def check_linear_time(schema: dict[str, Any]) -> None:
+    """Raise UncheckableSchema unless every pattern in `schema` runs on RE2.
+
+    The worker matches arguments the model chose (which a caller can talk it into) against these
+    patterns, on RE2 (`linear_time_pattern`): Python's `re` backtracks holding the GIL, and
+    ``^(a+)+$`` against 40 characters froze every call of a worker for minutes. RE2 has no
+    look-arounds or back-references, so a pattern with them is refused here, with the reason,
+    rather than failing every call of the tool. `unevaluatedProperties` is refused beside
+    `patternProperties`, because jsonschema evaluates those patterns with `re` for it.
+    """
+    patterns = list(_patterns_in(schema))
+    for pattern in patterns:
+        linear_time_pattern(pattern)
+    if patterns and any(True for _ in _keys_in(schema, "unevaluatedProperties")):
+        raise UncheckableSchema(
+            '"unevaluatedProperties" cannot be checked beside "patternProperties"; use "additionalProperties"'
+        )
+
+
+@cache
+def linear_time_pattern(pattern: str) -> re2._Regexp:
+    """`pattern` compiled by RE2, which matches in time linear in the text; UncheckableSchema if RE2
+    cannot run it (a look-around or a back-reference)."""
+    options = re2.Options()
+    options.log_errors = False  # the reason goes to whoever configured the tool, not to stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as error:
+        raise UncheckableSchema(
+            f"the pattern {pattern!r} cannot be checked in linear time: {error}"
+        ) from error
+
+
+def _patterns_in(schema: dict[str, Any]) -> Iterator[str]:
+    for value in _keys_in(schema, "pattern"):
+        if isinstance(value, str):
+            yield value
+    for value in _keys_in(schema, "patternProperties"):
+        if isinstance(value, dict):
+            yield from (name for name in value if isinstance(name, str))
+
+
+def _keys_in(value: Any, key: str) -> Iterator[Any]:
+    """The values under `key` anywhere in `value`, walked without recursion (see nests_deeper_than)."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if key in node:
+                yield node[key]
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
 
 
 def nests_deeper_than(value: Any, limit: int) -> bool:

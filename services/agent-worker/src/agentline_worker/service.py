@@ -16,8 +16,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 from urllib.parse import urlencode
 
-import re2
-from agentline_common.agents import AgentConfig, WebhookTool
+from agentline_common.agents import (
+    AgentConfig,
+    UncheckableSchema,
+    WebhookTool,
+    check_linear_time,
+    linear_time_pattern,
+)
 from agentline_common.events import (
     CALL_SID_ATTRIBUTE,
     SESSION_NAMESPACE,
@@ -183,24 +188,22 @@ def refusal(agent: AgentConfig, plan: SessionPlan) -> str | None:
 # webhook tools
 
 
-class UncheckablePattern(ValueError):
-    """A schema pattern RE2 cannot run (a look-around or back-reference): it is not run at all."""
-
-
 def argument_errors(schema: Mapping[str, Any], arguments: Any) -> str | None:
     """A message naming every argument that breaks the tool's JSON schema, or None when valid.
 
     Formats are checked (``"format": "date"`` refuses "tomorrow"). Patterns are matched by RE2, in
     time linear in the argument: Python's `re` backtracks, holding the GIL meanwhile, so a schema's
     ``^(a+)+$`` against 40 characters the model was talked into sending froze every call of the
-    worker for minutes. A pattern RE2 cannot run is reported instead of being run by `re`.
+    worker for minutes. A schema that cannot be checked so (`check_linear_time`: the registry refuses
+    new ones, but one stored before may remain) is reported instead of being run by `re`.
     """
+    try:
+        check_linear_time(dict(schema))
+    except UncheckableSchema as error:
+        return f"the tool's schema cannot be checked: {error}"
     validator_class = _with_linear_time_patterns(validator_for(schema))
     validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
-    try:
-        problems = sorted(validator.iter_errors(arguments), key=lambda error: list(error.path))
-    except UncheckablePattern as error:
-        return f"the tool's schema has a pattern that cannot be checked: {error}"
+    problems = sorted(validator.iter_errors(arguments), key=lambda error: list(error.path))
     if not problems:
         return None
     described = []
@@ -224,18 +227,8 @@ def _with_linear_time_patterns(validator_class: type[Validator]) -> type[Validat
     return extended
 
 
-@cache
-def _compiled(pattern: str) -> re2._Regexp:
-    options = re2.Options()
-    options.log_errors = False  # a bad pattern is reported by `argument_errors`, not on stderr
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as error:
-        raise UncheckablePattern(f"{pattern!r}: {error}") from error
-
-
 def _matches(pattern: str, text: str) -> bool:
-    return _compiled(pattern).search(text) is not None
+    return linear_time_pattern(pattern).search(text) is not None
 
 
 def _pattern(validator: Validator, pattern: str, instance: Any, _: Any) -> Iterator[ValidationError]:
