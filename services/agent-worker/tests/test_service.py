@@ -36,6 +36,8 @@ from agentline_worker.service import (
     verify_signature,
     webhook_request,
 )
+from agentline_worker.settings import WorkerSettings
+from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
 
@@ -183,6 +185,14 @@ def test_a_backtracking_pattern_is_checked_in_linear_time() -> None:
 def test_a_pattern_the_linear_time_engine_cannot_run_is_reported_not_run() -> None:
     schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(?!0)[0-9]+$"}}}
     problems = argument_errors(schema, {"code": "12"})
+    assert problems is not None and "cannot be checked" in problems
+
+
+def test_a_stored_schema_with_unevaluated_properties_beside_pattern_properties_is_reported_not_run() -> None:
+    """jsonschema matches patternProperties with Python's `re` for unevaluatedProperties: run, 40
+    characters of "b" would freeze the worker."""
+    schema = {"type": "object", "patternProperties": {"^(b+)+$": {}}, "unevaluatedProperties": False}
+    problems = argument_errors(schema, {"b" * 40 + "!": 1})
     assert problems is not None and "cannot be checked" in problems
 
 
@@ -369,3 +379,13 @@ def test_tools_may_call_public_addresses_and_networks_the_operator_allowed() -> 
     assert destination_refusal(ip_address("2606:2800:220:1::1"), allowed=[]) is None
     assert destination_refusal(ip_address("10.20.3.4"), allowed=[ip_network("10.20.0.0/16")]) is None
     assert destination_refusal(ip_address("10.21.3.4"), allowed=[ip_network("10.20.0.0/16")]) is not None
+
+
+def test_the_old_flat_tool_secrets_are_refused_naming_the_new_form_and_not_the_secret() -> None:
+    with pytest.raises(ValidationError) as refused:
+        WorkerSettings(tool_secrets={"orders": "s3cret-signing-key"})
+    assert "per organisation" in str(refused.value)
+    assert "s3cret-signing-key" not in str(refused.value)
+    org = uuid.uuid4()
+    kept = WorkerSettings(tool_secrets={str(org): {"orders": "s3cret-signing-key"}}).tool_secrets
+    assert kept[org]["orders"].get_secret_value() == "s3cret-signing-key"

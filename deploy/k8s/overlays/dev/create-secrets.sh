@@ -60,6 +60,15 @@ if ! exists agentline-postgres; then
         --from-literal=SIP_PASSWORD="${SIP_PASSWORD:-$(random)}"
 fi
 
+# Keys a release added to a Secret made by an older version of this script.
+add_missing() {  # add_missing SECRET KEY VALUE
+    if [ -z "$(kubectl -n "$NAMESPACE" get secret "$1" -o "jsonpath={.data.$2}")" ]; then
+        kubectl -n "$NAMESPACE" patch secret "$1" -p "{\"stringData\":{\"$2\":\"$3\"}}"
+    fi
+}
+add_missing agentline-telephony SIP_USERNAME "${SIP_USERNAME:-twilio}"
+add_missing agentline-telephony SIP_PASSWORD "${SIP_PASSWORD:-$(random)}"
+
 create agentline-livekit \
     --from-literal=LIVEKIT_API_KEY="${LIVEKIT_API_KEY:-agentline-dev}" \
     --from-literal=LIVEKIT_API_SECRET="${LIVEKIT_API_SECRET:-$(random)}"

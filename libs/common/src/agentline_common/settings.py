@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CommonSettings(BaseSettings):
     """Connection settings for the shared infrastructure, read from environment variables."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    # An invalid setting's error names the variable, never its value: values hold passwords and keys.
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True, hide_input_in_errors=True)
 
     service_name: str = "agentline"
     environment: Literal["development", "test", "production"] = "development"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from agentline_common.settings import CommonSettings
-from pydantic import Field, IPvAnyNetwork, SecretStr
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 
 
 class WorkerSettings(CommonSettings):
@@ -25,6 +25,19 @@ class WorkerSettings(CommonSettings):
     """Signing secrets of webhook tools per organisation, as JSON ``{"<org id>": {"<secret_ref>":
     "<secret>"}}``. An agent's tool names a ref, and only its own organisation's refs resolve: with one
     map for everyone, any organisation could name another's ref and have its requests signed."""
+
+    @field_validator("tool_secrets", mode="before")
+    @classmethod
+    def _not_the_old_flat_map(cls, value: Any) -> Any:
+        """The flat ``{"secret_ref": "secret"}`` of before 2026-11-25 gets a message that says what
+        changed, not pydantic's "Input should be a valid UUID"."""
+        if isinstance(value, dict) and any(isinstance(secret, str) for secret in value.values()):
+            raise ValueError(
+                'TOOL_SECRETS is now per organisation: {"<org id>": {"<secret_ref>": "<secret>"}} '
+                "(docs/operations.md, upgrading past 2026-11-25)"
+            )
+        return value
+
     tool_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
     """Networks tools may call although they are not public, as JSON (``["10.20.0.0/16"]``): where
     your own tool services run. Everything else non-public (loopback, private, link-local) is refused."""
