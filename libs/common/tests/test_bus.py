@@ -13,11 +13,13 @@ import pytest
 from agentline_common.bus import (
     Bus,
     BusUnavailable,
+    HoldEvents,
     PublishError,
     RpcFailure,
     RpcTimeout,
     RpcUnavailable,
     Unroutable,
+    connect_until_up,
 )
 from agentline_common.events import (
     AgentChanged,
@@ -430,6 +432,43 @@ async def test_batches_apply_each_event_once_and_dead_letter_only_the_poison(
     await redis.aclose()
 
 
+async def test_events_whose_handler_says_hold_spend_no_deliveries(
+    make_bus: Any, amqp_url: str, redis_url: str
+) -> None:
+    """A handler whose database is locked for longer than the delivery limit's worth of tries: the
+    events wait in the consumer instead of going to the dead letters."""
+    from redis.asyncio import Redis
+
+    bus = await make_bus()
+    redis = Redis.from_url(redis_url)
+    tries: list[uuid.UUID] = []
+    applied: list[uuid.UUID] = []
+
+    async def handle(events: Sequence[Event]) -> None:
+        tries.extend(event.id for event in events)
+        if len(tries) <= 4:
+            raise HoldEvents("the database is locked") from TimeoutError()
+        applied.extend(event.id for event in events)
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume_batches(
+        queue=queue,
+        routing_keys=["session.requested"],
+        handler=handle,
+        processed=RedisProcessedEvents(redis),
+        max_attempts=2,
+    )
+    event = session_requested()
+    await bus.publish(event)
+    async with asyncio.timeout(30):
+        while not applied:
+            await asyncio.sleep(0.1)
+    assert applied == [event.id]
+    assert tries == [event.id] * 5
+    assert await dead_letters(amqp_url, queue) == []
+    await redis.aclose()
+
+
 async def test_a_batch_waits_briefly_for_more_events_and_is_acked_whole(make_bus: Any, amqp_url: str) -> None:
     bus = await make_bus()
     batches: list[int] = []
@@ -460,6 +499,27 @@ async def test_a_batch_waits_briefly_for_more_events_and_is_acked_whole(make_bus
     async with connection:
         declared = await (await connection.channel()).declare_queue(queue, passive=True)
         assert declared.declaration_result.message_count == 0
+
+
+async def test_connect_until_up_tries_the_subscriptions_again_when_they_fail(
+    amqp_url: str, exchange: str
+) -> None:
+    """A broker that flaps can accept the connection and refuse the first channel: the service must
+    not be left without its subscriptions (and its cache invalidation) until it restarts."""
+    bus = Bus(amqp_url, exchange=exchange)
+    tries = 0
+
+    async def subscribe() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionError("the channel was refused")
+
+    try:
+        await asyncio.wait_for(connect_until_up(bus, then=subscribe, retry_seconds=0.05), 10)
+    finally:
+        await bus.close()
+    assert tries == 2
 
 
 async def test_a_broker_that_is_not_there_is_reported_and_no_connection_is_left_open() -> None:

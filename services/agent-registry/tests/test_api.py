@@ -335,9 +335,11 @@ async def test_look_ups_answer_while_bad_logins_are_in_flight(
         finally:
             for guesser in guessers:
                 guesser.cancel()
-            await asyncio.gather(*guessers, return_exceptions=True)
+            ended = await asyncio.gather(*guessers, return_exceptions=True)
 
     assert {answer["id"] for answer in answers} == {str(tenant.agent_id)}
+    failed = [end for end in ended if isinstance(end, Exception)]  # a cancelled guesser is no failure
+    assert not failed, f"a bad log-in was not answered 401: {failed[0]!r}"
 
 
 async def test_agent_lifecycle_and_pagination(world: World) -> None:

@@ -159,6 +159,14 @@ async def test_an_operator_adds_an_account_another_org_made_only_with_a_new_pass
     assert not await _can_log_in(cli.database_url, redis_url, "bob@corp.test", "chosen-by-x-admin")
     assert await _can_log_in(cli.database_url, redis_url, "bob@corp.test", added["password"])
 
+    # A new password is set whoever manages the account, or the operator hands out one that fails.
+    carol = await cli.ok("create-user", "--email", "carol@corp.test")
+    reset = await cli.ok(
+        "add-member", "--org", corp["org_id"], "--email", "carol@corp.test", "--reset-password"
+    )
+    assert await _can_log_in(cli.database_url, redis_url, "carol@corp.test", reset["password"])
+    assert not await _can_log_in(cli.database_url, redis_url, "carol@corp.test", carol["password"])
+
 
 async def test_create_org_with_an_unknown_owner_names_it_and_exits_2(cli: Cli) -> None:
     owner = "00000000-0000-0000-0000-000000000001"

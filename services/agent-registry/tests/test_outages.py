@@ -10,13 +10,18 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
+from agentline_common.bus import HoldEvents
+from agentline_common.events import SessionEnded, SessionEndedData
 from agentline_common.testing.servers import free_port
 from agentline_registry import service
 from agentline_registry.app import DATABASE_UNAVAILABLE
+from agentline_registry.consumers import SessionLog
 from agentline_registry.credentials import issue_access_token
+from agentline_registry.database import create_engine, session_factory
 from agentline_registry.settings import RegistrySettings
 from pydantic import SecretStr
 
@@ -44,6 +49,35 @@ async def sweep_failures(running: RunningApp, *, at_least: int) -> float:
             if failures is not None and failures >= at_least:
                 return failures
             await asyncio.sleep(0.02)
+
+
+async def test_the_call_log_holds_events_the_database_cannot_take_instead_of_failing_them(
+    tmp_path: Path,
+) -> None:
+    """A failing handler spends one of an event's deliveries, and the broker dead-letters it at the
+    limit: an outage longer than a few tries would leave call-log rows in the dead letters."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'not-there' / 'registry.db'}")
+    ended = SessionEnded(session_id=uuid.uuid4(), data=SessionEndedData(reason="user_hangup"))
+    try:
+        with pytest.raises(HoldEvents, match="cannot be written now"):
+            await SessionLog(session_factory(engine)).handle([ended])
+    finally:
+        await engine.dispose()
+
+
+async def test_log_ins_the_database_could_not_answer_do_not_lock_the_email_out(
+    make_settings: Callable[..., RegistrySettings],
+) -> None:
+    """Only a wrong password counts against an email: the person retrying through an outage would
+    otherwise be refused for the limit's five minutes after the database came back."""
+    login = {**LOGIN, "email": f"retrying-{uuid.uuid4().hex[:8]}@example.test"}
+    settings = make_settings(database_url=postgres_at(free_port()))
+    async with started_app(settings) as running:
+        answers = [
+            (await running.client.post("/api/v1/auth/login", json=login)).status_code for _ in range(7)
+        ]
+
+    assert answers == [503] * 7
 
 
 async def test_a_refused_database_answers_503_and_the_sweep_goes_on(

@@ -9,8 +9,9 @@ recorded as processed and the message acked; a redelivered event already recorde
 running the handler again. A failing handler's message goes back to the queue; the broker counts its
 deliveries (`x-delivery-limit`) and dead-letters it to ``<queue>.dlq`` once the limit is reached, so a
 poison message never loops forever. An event whose fate is not known yet (another delivery of it is
-being handled, or the idempotency store cannot be reached) is held by the consumer and looked at
-again, unacked, so it spends none of its deliveries. `consume_batches` hands the handler every event
+being handled, the idempotency store cannot be reached, or the handler raises HoldEvents because its
+own store cannot) is held by the consumer and looked at again, unacked, so it spends none of its
+deliveries. `consume_batches` hands the handler every event
 that arrived while the previous batch was being handled, so a consumer that writes to a database
 commits once for many events; a batch that fails is retried one event at a time, so only the bad
 event goes back.
@@ -80,6 +81,12 @@ class PublishError(BusError):
 class Unroutable(PublishError):
     """No queue is bound for the routing key (yet: a broker that lost its definitions has none until
     its consumers declare their queues again, which `publish_reliably` waits for)."""
+
+
+class HoldEvents(Exception):
+    """Raised by a consumer's handler that cannot judge its events yet (its database is down or
+    locked): they are held and handed over again, unacked, spending none of their deliveries, as a
+    failing handler's would until they were dead-lettered."""
 
 
 class RpcError(BusError):
@@ -425,17 +432,23 @@ async def connect_until_up(
     """Connect `bus`, retrying while the broker is down, then run `then` (the subscriptions that need
     the connection). Run as a task from a service's start-up, so that the service starts and answers
     without the broker (not ready; a clear 503 where it is needed) rather than exiting into a crash
-    loop. Once connected, aio-pika's robust connection reconnects by itself."""
+    loop. Once connected, aio-pika's robust connection reconnects by itself; `then` is retried too, as
+    a broker that flaps can refuse the first channel right after accepting the connection."""
     while True:
         try:
             await bus.connect()
+            break
         except BusUnavailable as error:
             log.warning("bus.connect_failed", error=str(error), retry_in=retry_seconds)
             await asyncio.sleep(retry_seconds)
-            continue
-        await then()
-        log.info("bus.connected")
-        return
+    while True:
+        try:
+            await then()
+            break
+        except (*_CONNECTION_ERRORS, BusError) as error:
+            log.warning("bus.subscribe_failed", error=repr(error)[:300], retry_in=retry_seconds)
+            await asyncio.sleep(retry_seconds)
+    log.info("bus.connected")
 
 
 class _BusCollector(Collector):
@@ -570,6 +583,13 @@ class _EventDelivery:
         event_ids = [event.id for _, event in fresh]
         try:
             await self._handler([event for _, event in fresh])
+        except HoldEvents as error:
+            log.warning(
+                "bus.events_held", queue=self._queue, size=len(fresh), error=repr(error.__cause__)[:500]
+            )
+            await self._forget_claims(event_ids)
+            self._hold(fresh)
+            return
         except Exception as error:
             if len(fresh) > 1:
                 # One bad event must not hold back the rest: each alone again, so only the bad one

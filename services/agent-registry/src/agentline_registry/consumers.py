@@ -8,10 +8,12 @@ from typing import Any
 
 import structlog
 from agentline_common.agents import AgentConfig
-from agentline_common.bus import Bus, RpcFailure
+from agentline_common.bus import Bus, HoldEvents, RpcFailure
 from agentline_common.events import Event
 from agentline_common.processed_events import RedisProcessedEvents
 from agentline_common.rooms import is_e164
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentline_registry import service
@@ -86,9 +88,15 @@ class SessionLog:
         self._sessions = sessions
 
     async def handle(self, events: Sequence[Event]) -> None:
-        async with self._sessions() as db:
-            await service.record_session_events(db, events)
-            await db.commit()
+        """A database that is down, or a write lock held past the statement bound (a migration, an
+        operator's open transaction), says nothing against the events: they wait (HoldEvents)
+        instead of spending deliveries until the dead-letter queue takes them."""
+        try:
+            async with self._sessions() as db:
+                await service.record_session_events(db, events)
+                await db.commit()
+        except (OperationalError, PoolTimeout, OSError) as error:
+            raise HoldEvents(f"the call log cannot be written now: {type(error).__name__}") from error
 
 
 async def start_consumers(

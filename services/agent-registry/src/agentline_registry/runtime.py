@@ -36,7 +36,6 @@ REDIS_TIMEOUT_SECONDS = 2.0
 
 GAUGE_TIMEOUT_SECONDS = 2.0
 """Bound on reading the gauges for /metrics, so a silent database does not hold the scrape."""
-REDIS_TIMEOUT_SECONDS = 2.0
 
 
 class RemovalNotNoted(Exception):

@@ -7,6 +7,7 @@ same transaction, so the event exists exactly when the change does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from agentline_common.events import (
     SessionRequested,
     SessionStarted,
 )
-from agentline_common.rate_limits import Attempt
+from agentline_common.rate_limits import Attempt, RateLimitUnavailable
 from agentline_common.rooms import InvalidRoomName, PhoneRoom, parse_room_name, require_e164
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -148,16 +149,16 @@ async def login(
         raise TooManyLogins(
             f"too many failed log-ins for this email; try again in {wait} s", retry_after_seconds=wait
         )
-    user = await repository.user_by_email(db, email)
-    # End the read before hashing, so that log-ins queued for the hashing thread do not hold every
-    # pooled connection (look-ups then waited for one); nothing was written. The user is detached
-    # first, so the rollback does not expire what was read.
-    if user is not None:
-        db.expunge(user)
-    await db.rollback()
-    if not await verify_password_off_loop(user.password_hash if user else None, password) or user is None:
-        log.info("auth.login_failed")
-        raise Unauthenticated("invalid email or password")
+    try:
+        user = await _user_with_password(db, email=email, password=password)
+    except Unauthenticated:
+        raise
+    except Exception:
+        # Not a wrong password (the database or the hashing failed): the attempt must not count
+        # against the person, who would be locked out after retrying through an outage.
+        with contextlib.suppress(RateLimitUnavailable):
+            await failures.forget(attempt)
+        raise
     await failures.forget(attempt)
     orgs = {org.id: Role(role) for org, role in await repository.orgs_of_user(db, user.id)}
     log.info("auth.logged_in", user_id=str(user.id))
@@ -170,6 +171,20 @@ async def login(
         audience=audience,
         lifetime=lifetime,
     )
+
+
+async def _user_with_password(db: AsyncSession, *, email: str, password: str) -> User:
+    user = await repository.user_by_email(db, email)
+    # End the read before hashing, so that log-ins queued for the hashing thread do not hold every
+    # pooled connection (look-ups then waited for one); nothing was written. The user is detached
+    # first, so the rollback does not expire what was read.
+    if user is not None:
+        db.expunge(user)
+    await db.rollback()
+    if not await verify_password_off_loop(user.password_hash if user else None, password) or user is None:
+        log.info("auth.login_failed")
+        raise Unauthenticated("invalid email or password")
+    return user
 
 
 def login_subject(email: str) -> str:
@@ -649,16 +664,17 @@ async def add_member_as_operator(
     db: AsyncSession, *, org_id: uuid.UUID, email: str, role: Role, new_password: str | None
 ) -> User:
     """What an org admin may not do (`add_member`): add an account another organisation manages. The
-    operator has checked whose it is; its password must be reset, as that organisation knows it."""
+    operator has checked whose it is; its password must be reset, as that organisation knows it. A
+    `new_password` is always set, and leaves the account managed by no organisation."""
     user = await repository.user_by_email(db, normalise_email(email))
     if user is None:
         raise NotFound(f"no user with email {email!r}")
-    if user.managed_by_org_id not in (None, org_id):
-        if new_password is None:
-            raise Conflict(
-                f"{email!r} is an account another organisation made and knows the password of;"
-                " add it with --reset-password"
-            )
+    if user.managed_by_org_id not in (None, org_id) and new_password is None:
+        raise Conflict(
+            f"{email!r} is an account another organisation made and knows the password of;"
+            " add it with --reset-password"
+        )
+    if new_password is not None:
         await repository.release_account(db, user.id, await hash_password_off_loop(new_password))
     await add_membership(db, org_id=org_id, user_id=user.id, role=role)
     return user
