@@ -244,6 +244,34 @@ async def test_an_answer_overtaken_by_its_agents_change_is_asked_again_not_cache
         await in_flight.close()
 
 
+async def test_look_ups_leave_a_silent_redis_alone_after_it_failed_one(
+    running_registry: RegistryService, registry_bus: Bus
+) -> None:
+    """Each try waits out the client's timeout, and a look-up makes up to four while a caller may be
+    hearing silence: after one failure, the next look-ups go straight to the registry."""
+    first, second = running_registry.new_tenant(), running_registry.new_tenant()
+    connections = 0
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent = Redis(host="127.0.0.1", port=port, socket_timeout=0.3, socket_connect_timeout=0.3)
+    try:
+        client = RegistryClient(bus=registry_bus, redis=silent)
+        assert (await client.get_agent(first.agent_id)).id == first.agent_id
+        tried = connections
+        assert (await client.get_agent(second.agent_id)).id == second.agent_id
+        assert (tried, connections) == (1, 1)
+    finally:
+        await silent.aclose()
+        server.close()
+
+
 async def test_unknown_agent_and_number_are_not_found(client: RegistryClient) -> None:
     with pytest.raises(AgentNotFound):
         await client.get_agent(uuid.uuid4())

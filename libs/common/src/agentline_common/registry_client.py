@@ -51,6 +51,10 @@ DEFAULT_LOCAL_TTL_SECONDS = 1.0
 DEFAULT_LAST_KNOWN_SECONDS = 86_400
 LOCAL_CACHE_SIZE = 4096
 CHANGES_KEPT_SECONDS = 3_600
+REDIS_REST_SECONDS = 5.0
+"""How long look-ups leave Redis alone after it failed one of their reads or writes: each try waits
+out the Redis client's timeout, and a look-up makes up to four while a caller may be hearing silence.
+Invalidations always try."""
 
 # One step, so that no invalidation can fall between the check and the writes. KEYS: the key's changes
 # count, the key, its last known key; ARGV: the count read before asking the registry, the answer, the
@@ -116,6 +120,7 @@ class RegistryClient:
         self._answer_stale = answer_stale
         self._write_unless_changed = redis.register_script(_WRITE_UNLESS_CHANGED)
         self._changes_seen = 0
+        self._redis_rests_until = 0.0
         self.hits = 0
         self.misses = 0
         self.stale = 0
@@ -270,11 +275,20 @@ class RegistryClient:
         except RedisError:
             log.warning("registry_client.invalidation_failed", key=key)
 
+    def _redis_resting(self) -> bool:
+        return time.monotonic() < self._redis_rests_until
+
+    def _redis_failed(self, event: str, **context: str) -> None:
+        self._redis_rests_until = time.monotonic() + REDIS_REST_SECONDS
+        log.warning(event, rest_seconds=REDIS_REST_SECONDS, **context)
+
     async def _read_cache(self, key: str) -> AgentConfig | None:
+        if self._redis_resting():
+            return None
         try:
             raw = await self._redis.get(key)
         except RedisError:
-            log.warning("registry_client.cache_unavailable", key=key)
+            self._redis_failed("registry_client.cache_unavailable", key=key)
             return None
         if raw is None:
             return None
@@ -286,16 +300,18 @@ class RegistryClient:
     async def _changes_so_far(self, key: str) -> int | None:
         """`key`'s changes count before a look-up asks the registry; None when Redis cannot say, and
         then the answer is not written there."""
+        if self._redis_resting():
+            return None
         try:
             return int(await self._redis.get(changes_key(key)) or 0)
         except RedisError:
-            log.warning("registry_client.cache_unavailable", key=key)
+            self._redis_failed("registry_client.cache_unavailable", key=key)
             return None
 
     async def _cache_unless_changed(self, key: str, agent: AgentConfig, changes_before: int | None) -> bool:
         """False if `key` changed since `changes_before` was read; True once written, or when Redis
         cannot be written (asking again would not help)."""
-        if changes_before is None:
+        if changes_before is None or self._redis_resting():
             return True
         try:
             written = await self._write_unless_changed(
@@ -303,7 +319,7 @@ class RegistryClient:
                 args=[changes_before, agent.model_dump_json(), self._ttl, self._last_known_for],
             )
         except RedisError:
-            log.warning("registry_client.cache_write_failed", agent_id=str(agent.id))
+            self._redis_failed("registry_client.cache_write_failed", agent_id=str(agent.id))
             return True
         return bool(written)
 
