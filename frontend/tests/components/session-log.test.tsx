@@ -46,6 +46,26 @@ describe("SessionLog", () => {
     expect(screen.getByText("user_hangup")).toBeInTheDocument();
   });
 
+  it("keeps reading after a read that failed", async () => {
+    const load = vi
+      .fn()
+      .mockResolvedValueOnce(page("active"))
+      .mockRejectedValueOnce(new Error("network down"))
+      .mockResolvedValue(page("ended"));
+    render(<SessionLog agentId="a1" refreshKey={0} load={load} />);
+    await act(async () => {});
+
+    await act(async () => {
+      await vi.advanceTimersByTimeAsync(UNSETTLED_POLL_MS);
+    });
+    expect(screen.getByRole("alert")).toHaveTextContent("Could not load the session log.");
+    await act(async () => {
+      await vi.advanceTimersByTimeAsync(UNSETTLED_POLL_MS);
+    });
+
+    expect(screen.getByText("ended")).toBeInTheDocument();
+  });
+
   it("stops reading once every call on the page has ended", async () => {
     const load = vi.fn().mockResolvedValue(page("ended"));
     render(<SessionLog agentId="a1" refreshKey={0} load={load} />);

@@ -56,11 +56,12 @@ export function SessionLog({
   const [polls, setPolls] = useState(0);
   const unsettled = page?.items.some((session) => UNSETTLED.has(session.status)) ?? false;
 
+  // Re-armed by each poll, not by each answer, so a read that failed is simply tried again.
   useEffect(() => {
     if (!unsettled) return;
     const timer = window.setTimeout(() => setPolls((count) => count + 1), UNSETTLED_POLL_MS);
     return () => window.clearTimeout(timer);
-  }, [unsettled, page]);
+  }, [unsettled, polls]);
 
   useEffect(() => {
     let cancelled = false;
