@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 import pytest
 from agentline_common.bus import (
+    BatchHandler,
     Bus,
     BusUnavailable,
     HoldEvents,
@@ -28,7 +29,7 @@ from agentline_common.events import (
     SessionRequested,
     SessionRequestedData,
 )
-from agentline_common.processed_events import InMemoryProcessedEvents, RedisProcessedEvents
+from agentline_common.processed_events import InMemoryProcessedEvents, ProcessedEvents, RedisProcessedEvents
 from agentline_common.testing.servers import RedisServer, free_port
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -68,6 +69,17 @@ async def make_bus(amqp_url: str, exchange: str) -> AsyncIterator[Any]:
     yield factory
     for bus in buses:
         await bus.close()
+
+
+async def consume_session_requests(
+    bus: Bus, handle: BatchHandler, processed: ProcessedEvents, **options: Any
+) -> str:
+    """A fresh queue of `session.requested` that `handle` consumes in batches; its name."""
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    await bus.consume_batches(
+        queue=queue, routing_keys=["session.requested"], handler=handle, processed=processed, **options
+    )
+    return queue
 
 
 async def dead_letters(amqp_url: str, queue: str) -> list[bytes]:
@@ -409,14 +421,7 @@ async def test_batches_apply_each_event_once_and_dead_letter_only_the_poison(
             raise RuntimeError("this batch's transaction rolls back")
         applied.extend(ids)
 
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    await bus.consume_batches(
-        queue=queue,
-        routing_keys=["session.requested"],
-        handler=handle,
-        processed=RedisProcessedEvents(redis),
-        max_attempts=3,
-    )
+    queue = await consume_session_requests(bus, handle, RedisProcessedEvents(redis), max_attempts=3)
     good = [session_requested() for _ in range(20)]
     for event in [*good[:10], poison, *good[10:], good[3]]:
         await bus.publish(event)
@@ -450,14 +455,7 @@ async def test_events_whose_handler_says_hold_spend_no_deliveries(
             raise HoldEvents("the database is locked") from TimeoutError()
         applied.extend(event.id for event in events)
 
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    await bus.consume_batches(
-        queue=queue,
-        routing_keys=["session.requested"],
-        handler=handle,
-        processed=RedisProcessedEvents(redis),
-        max_attempts=2,
-    )
+    queue = await consume_session_requests(bus, handle, RedisProcessedEvents(redis), max_attempts=2)
     event = session_requested()
     await bus.publish(event)
     async with asyncio.timeout(30):
@@ -476,14 +474,7 @@ async def test_a_batch_waits_briefly_for_more_events_and_is_acked_whole(make_bus
     async def handle(events: Sequence[Event]) -> None:
         batches.append(len(events))
 
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    await bus.consume_batches(
-        queue=queue,
-        routing_keys=["session.requested"],
-        handler=handle,
-        processed=InMemoryProcessedEvents(),
-        gather_seconds=1.0,
-    )
+    queue = await consume_session_requests(bus, handle, InMemoryProcessedEvents(), gather_seconds=1.0)
     # At once, so that all five arrive within the gathering second even when confirms are slow.
     await asyncio.gather(*(bus.publish(session_requested()) for _ in range(5)))
     async with asyncio.timeout(10):

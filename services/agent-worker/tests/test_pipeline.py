@@ -33,7 +33,7 @@ from agentline_worker.settings import WorkerSettings
 from agentline_worker.tools import tool_http_session
 from aiohttp import web
 from livekit import rtc
-from livekit.agents import AgentSession, APIStatusError, CloseEvent, CloseReason, vad
+from livekit.agents import AgentSession, APIStatusError, CloseEvent, CloseReason, llm, vad
 from livekit.agents.voice.run_result import (
     ChatMessageEvent,
     FunctionCallEvent,
@@ -245,6 +245,11 @@ def messages(result: RunResult[None]) -> list[str]:
     return [e.item.text_content or "" for e in result.events if isinstance(e, ChatMessageEvent)]
 
 
+def tool_outputs(result: RunResult[None]) -> list[llm.FunctionCallOutput]:
+    """What the tools answered during the turn, as the model was given it."""
+    return [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+
+
 async def test_the_agent_greets_with_its_first_message(
     fake_openai: FakeOpenAI, http: aiohttp.ClientSession, vad_model: vad.VAD
 ) -> None:
@@ -278,7 +283,7 @@ async def test_a_tool_call_reaches_the_webhook_signed(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17"})
         fake_openai.reply("Your order A-17 shipped yesterday.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-17?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert len(outputs) == 1 and not outputs[0].is_error
         assert json.loads(outputs[0].output) == {"order_id": "A-17", "status": "shipped yesterday"}
         assert messages(result) == ["Your order A-17 shipped yesterday."]
@@ -306,7 +311,7 @@ async def test_a_get_tool_call_is_signed_over_the_query_it_sends(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17", "note": note})
         fake_openai.reply("Your order A-17 shipped yesterday.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-17?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert len(outputs) == 1 and not outputs[0].is_error, outputs[0].output
         assert [c["verified"] for c in webhook.calls] == [True]
         assert webhook.calls[0]["query"] == {"tenant": "acme", "order_id": "A-17", "note": note}
@@ -329,7 +334,7 @@ async def test_a_tool_may_not_call_into_the_platforms_own_network(
             fake_openai.reply_tool_call("lookup_order", {"order_id": "A-17"})
             fake_openai.reply("I cannot look that up right now.")
             result: RunResult[None] = await call.session.run(user_input="Where is order A-17?")
-            outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+            outputs = tool_outputs(result)
             assert len(outputs) == 1 and outputs[0].is_error
             assert webhook.calls == []
             assert messages(result) == ["I cannot look that up right now."]
@@ -347,7 +352,7 @@ async def test_invalid_arguments_are_told_to_the_model_without_a_request(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "seventeen"})
         fake_openai.reply("Could you repeat the order number?")
         result: RunResult[None] = await call.session.run(user_input="Where is my order?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert outputs[0].is_error and "order_id" in outputs[0].output
         assert webhook.calls == []
         assert messages(result) == ["Could you repeat the order number?"]
@@ -367,7 +372,7 @@ async def test_a_slow_tool_times_out_and_the_session_goes_on(
         started = time.monotonic()
         result: RunResult[None] = await call.session.run(user_input="Where is order A-1?")
         assert time.monotonic() - started < 4
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert outputs[0].is_error and "did not answer within 0.5 seconds" in outputs[0].output
         assert messages(result) == ["Sorry, our order system is slow right now."]
         fake_openai.reply("Anything else?")
@@ -386,7 +391,7 @@ async def test_a_tool_answer_is_read_only_up_to_its_bound_and_the_model_told_it_
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-3"})
         fake_openai.reply("That order has a very long history.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-3?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert len(outputs) == 1 and not outputs[0].is_error
         assert outputs[0].output == "x" * MAX_TOOL_RESULT_CHARS + TOOL_RESULT_CUT_NOTE
         assert messages(result) == ["That order has a very long history."]
@@ -410,7 +415,7 @@ async def test_a_failing_tool_is_reported_to_the_model(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-2"})
         fake_openai.reply("I cannot look that up right now.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-2?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert outputs[0].is_error
         assert "HTTP 500" in outputs[0].output and "database on fire" in outputs[0].output
         assert messages(result) == ["I cannot look that up right now."]
@@ -428,7 +433,7 @@ async def test_a_tool_whose_secret_is_missing_is_not_called(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-3"})
         fake_openai.reply("I cannot look orders up right now.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-3?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert outputs[0].is_error and "not configured" in outputs[0].output
         assert webhook.calls == []
         assert messages(result) == ["I cannot look orders up right now."]
@@ -452,7 +457,7 @@ async def test_a_tool_may_not_sign_with_another_organisations_secret(
         fake_openai.reply_tool_call("lookup_order", {"order_id": "A-4"})
         fake_openai.reply("I cannot look orders up right now.")
         result: RunResult[None] = await call.session.run(user_input="Where is order A-4?")
-        outputs = [e.item for e in result.events if isinstance(e, FunctionCallOutputEvent)]
+        outputs = tool_outputs(result)
         assert outputs[0].is_error and "not configured" in outputs[0].output
         assert webhook.calls == []
     finally:

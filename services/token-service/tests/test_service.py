@@ -24,6 +24,7 @@ from agentline_token_service.service import (
     NotAMember,
     RateLimited,
     SessionRef,
+    TestToken,
     authorize_test_call,
     generate_test_token,
     handle_livekit_event,
@@ -228,20 +229,32 @@ class FakeAdmission:
         return self.saved.get(room_name)
 
 
-async def test_issue_announces_the_session_it_hands_out() -> None:
-    tested = agent()
-    requester = user(tested.org_id)
-    publisher, admission = FakePublisher(), FakeAdmission(RateDecision(allowed=True))
-
-    token = await issue_test_token(
-        settings(),
-        user=requester,
+async def issue_for(
+    tested: AgentConfig,
+    *,
+    admission: FakeAdmission,
+    publisher: FakePublisher,
+    requester: UserClaims | None = None,
+    config: TokenServiceSettings | None = None,
+) -> TestToken:
+    """A test token of `tested` for a member of its organisation (`requester`, else a new one)."""
+    return await issue_test_token(
+        config or settings(),
+        user=requester or user(tested.org_id),
         agent_id=tested.id,
         agents=FakeAgents(tested),
         admission=admission,
         publisher=publisher,
         missing=no_missing_yet(),
     )
+
+
+async def test_issue_announces_the_session_it_hands_out() -> None:
+    tested = agent()
+    requester = user(tested.org_id)
+    publisher, admission = FakePublisher(), FakeAdmission(RateDecision(allowed=True))
+
+    token = await issue_for(tested, admission=admission, publisher=publisher, requester=requester)
 
     [event] = publisher.published
     assert event.type == "session.requested"
@@ -256,14 +269,8 @@ async def test_issue_announces_the_session_it_hands_out() -> None:
 async def test_issue_hands_out_nothing_when_the_broker_does_not_confirm() -> None:
     tested = agent()
     with pytest.raises(DependencyUnavailable, match="no token was issued"):
-        await issue_test_token(
-            settings(),
-            user=user(tested.org_id),
-            agent_id=tested.id,
-            agents=FakeAgents(tested),
-            admission=FakeAdmission(RateDecision(allowed=True)),
-            publisher=FakePublisher(fail=True),
-            missing=no_missing_yet(),
+        await issue_for(
+            tested, admission=FakeAdmission(RateDecision(allowed=True)), publisher=FakePublisher(fail=True)
         )
 
 
@@ -271,14 +278,11 @@ async def test_issue_refuses_past_the_rate_limit_with_the_wait() -> None:
     tested = agent()
     admission, publisher = FakeAdmission(RateDecision(allowed=False, retry_after_seconds=17)), FakePublisher()
     with pytest.raises(RateLimited) as refused:
-        await issue_test_token(
-            settings(rate_limit_requests=3, rate_limit_window_seconds=60),
-            user=user(tested.org_id),
-            agent_id=tested.id,
-            agents=FakeAgents(tested),
+        await issue_for(
+            tested,
             admission=admission,
             publisher=publisher,
-            missing=no_missing_yet(),
+            config=settings(rate_limit_requests=3, rate_limit_window_seconds=60),
         )
     assert refused.value.retry_after_seconds == 17
     assert publisher.published == [], "a refused call is not announced"
@@ -289,15 +293,7 @@ async def test_issue_refuses_a_user_removed_from_the_org_since_their_token_was_i
     tested = agent()
     admission, publisher = FakeAdmission(RateDecision(allowed=True), removed=True), FakePublisher()
     with pytest.raises(NotAMember, match="removed from the organisation"):
-        await issue_test_token(
-            settings(),
-            user=user(tested.org_id),
-            agent_id=tested.id,
-            agents=FakeAgents(tested),
-            admission=admission,
-            publisher=publisher,
-            missing=no_missing_yet(),
-        )
+        await issue_for(tested, admission=admission, publisher=publisher)
     assert publisher.published == []
 
 

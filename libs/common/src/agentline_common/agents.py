@@ -116,21 +116,21 @@ def _patterns_in(schema: dict[str, Any]) -> Iterator[str]:
 
 
 def _keys_in(value: Any, key: str) -> Iterator[Any]:
-    """The values under `key` anywhere in `value`, walked without recursion (see nests_deeper_than)."""
-    pending = [value]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            if key in node:
-                yield node[key]
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
+    """The values under `key` anywhere in `value`."""
+    for node, _ in _containers(value):
+        if isinstance(node, dict) and key in node:
+            yield node[key]
 
 
 def nests_deeper_than(value: Any, limit: int) -> bool:
-    """Whether dicts and lists nest more than `limit` levels in `value`; walked with a stack of its
-    own, not by recursion, because the point is to refuse what would exhaust Python's stack."""
+    """Whether dicts and lists nest more than `limit` levels in `value`."""
+    return any(depth > limit for _, depth in _containers(value))
+
+
+def _containers(value: Any) -> Iterator[tuple[Any, int]]:
+    """Every dict and list in `value`, with how deep it nests (`value` itself is 1); walked with a
+    stack of its own, not by recursion, because schemas deep enough to exhaust Python's stack are
+    what `nests_deeper_than` is there to refuse."""
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
@@ -140,10 +140,8 @@ def nests_deeper_than(value: Any, limit: int) -> bool:
             children = node
         else:
             continue
-        if depth > limit:
-            return True
+        yield node, depth
         pending.extend((child, depth + 1) for child in children)
-    return False
 
 
 AgentTool = WebhookTool
